@@ -1,0 +1,82 @@
+"""The model seam: the four operations gapray needs from a unified multimodal model.
+
+Everything in the self-improvement loop (generation pool, reward pool, learner) talks to a model
+through this interface only; one adapter per model family implements it (`janus.py` first).
+Nothing outside an adapter reaches into model internals.
+
+    tokens = model.generate(prompts, n=4, cfg_scale=5.0, temperature=1.0, seed=0)   # (B*n, T)
+    images = model.decode(tokens)                                                   # list[PIL.Image]
+    verdict = model.judge(images, prompts_repeated)                                 # P(yes), decision
+    logp, per_tok = model.image_logprobs(prompts_repeated, tokens, cfg_scale=None)  # (N,), (N, T)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from PIL import Image
+
+TrainableMode = Literal["llm", "all", "lora"]
+"""Which parameters train: the LLM backbone only (the paper), all but the frozen image tokenizer,
+or LoRA adapters on the LLM backbone (peft)."""
+
+DEFAULT_QUESTION = "Does this image show {prompt}? Answer yes or no."
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The understanding branch's verdicts on a batch of (image, prompt) pairs."""
+
+    p_yes: torch.Tensor
+    """(N,) float in [0, 1]: P(yes) / (P(yes) + P(no)) at the answer position."""
+    decision: torch.Tensor
+    """(N,) bool: p_yes > threshold."""
+
+
+class UnifiedModel(Protocol):
+    """What every model family adapter provides."""
+
+    num_image_tokens: int
+    """Image tokens per generated image (T), e.g. 576 for Janus-Pro at 384 px."""
+    codebook_size: int
+    """Size of the image-token vocabulary (the VQ codebook), e.g. 16,384."""
+
+    def generate(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        cfg_scale: float | None = 5.0,
+        temperature: float = 1.0,
+        seed: int | list[int] = 0,
+    ) -> torch.Tensor:
+        """Image token ids (len(prompts) * n, T); rows grouped by prompt; deterministic per seed."""
+        ...
+
+    def decode(self, tokens: torch.Tensor) -> list[Image.Image]:
+        """Image token ids (N, T) -> N RGB images."""
+        ...
+
+    def judge(self, images: list[Image.Image], prompts: list[str], question: str | None = None) -> Judgement:
+        """Ask the understanding branch whether each image shows its prompt."""
+        ...
+
+    def image_logprobs(
+        self,
+        prompts: list[str],
+        tokens: torch.Tensor,
+        cfg_scale: float | None = None,
+        temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced log-probs of given image tokens: summed (N,) and per token (N, T);
+        differentiable; with cfg_scale, under the CFG-combined distribution used for sampling."""
+        ...
+
+    def set_trainable(self, mode: TrainableMode) -> None:
+        """Freeze everything but the chosen parameter set."""
+        ...
+
+    def save_pretrained(self, path: str) -> None:
+        """Write a checkpoint that transformers can load without gapray."""
+        ...

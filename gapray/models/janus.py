@@ -1,0 +1,511 @@
+"""Janus family adapter on transformers' `JanusForConditionalGeneration`.
+
+Implements the model seam of `base.py` (generate with CFG, decode, judge, image log-probs) for
+Janus / Janus-Pro checkpoints in `save_pretrained` layout, and for the tiny models built in
+`tiny.py`. The generation path is
+
+    prompt text -> <bos> ... <begin_of_image>  --LLM-->  h  --generation_head-->  logits over VQ codes
+    image token -> generation_embeddings -> generation_aligner -> next LLM input
+
+and the understanding path is the usual image-text chat: the processor expands
+`<image_placeholder>` into `<begin_of_image>` + T placeholders + `<end_of_image>`, the vision
+encoder's patch features replace the placeholders, and the LM head's next-token distribution
+after the question is read at the "yes"/"no" tokens.
+
+Sampling and teacher forcing run the same code path (same prompt encoding, same position ids,
+same CFG combination), so a greedy CFG sample is exactly the argmax of the teacher-forced CFG
+logits of its own tokens (tested).
+
+    adapter = JanusAdapter.from_pretrained("/path/to/Janus-Pro-1B")
+    tokens = adapter.generate(["a photo of a cat"], n=4, cfg_scale=5.0, seed=0)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import (
+    AutoTokenizer,
+    DynamicCache,
+    JanusForConditionalGeneration,
+    JanusImageProcessorPil,
+    JanusProcessor,
+)
+
+from gapray.models.base import DEFAULT_QUESTION, Judgement, TrainableMode
+
+DEFAULT_GEN_TEMPLATE = "<|User|>: {prompt}\n\n<|Assistant|>:"
+"""Janus-Pro's chat format; the processor appends <begin_of_image> for generation."""
+DEFAULT_JUDGE_TEMPLATE = "<|User|>: <image_placeholder>\n{question}\n\n<|Assistant|>:"
+ADAPTER_FILE = "gapray_adapter.json"
+"""Adapter settings saved beside the checkpoint (templates, answer words)."""
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+class CheckpointError(ValueError):
+    """A model path that is missing or does not hold a loadable Janus checkpoint."""
+
+
+def _row_seeds(seed: int | list[int], rows: int) -> list[int]:
+    if isinstance(seed, int):
+        # Row r of a call with seed s always gets the same stream, whatever the batch split.
+        return [seed * 1_000_003 + r for r in range(rows)]
+    if len(seed) != rows:
+        raise ValueError(f"seed: got {len(seed)} per-row seeds for {rows} output rows")
+    return list(seed)
+
+
+class JanusAdapter:
+    """One Janus model plus its processor, behind the four operations of the model seam."""
+
+    family = "janus"
+
+    def __init__(
+        self,
+        model: JanusForConditionalGeneration,
+        processor: JanusProcessor,
+        *,
+        gen_template: str = DEFAULT_GEN_TEMPLATE,
+        judge_template: str = DEFAULT_JUDGE_TEMPLATE,
+        question: str = DEFAULT_QUESTION,
+        yes_words: tuple[str, ...] = ("yes", "Yes"),
+        no_words: tuple[str, ...] = ("no", "No"),
+        threshold: float = 0.5,
+    ):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.gen_template = gen_template
+        self.judge_template = judge_template
+        self.question = question
+        self.threshold = threshold
+        self.yes_ids = self._answer_ids(yes_words, "yes_words")
+        self.no_ids = self._answer_ids(no_words, "no_words")
+        self.trainable_mode: TrainableMode | None = None
+        self._peft = None  # peft.PeftModel wrapping self.model when mode == "lora"
+        cfg = model.config
+        self.num_image_tokens = cfg.vision_config.num_image_tokens
+        self.codebook_size = cfg.vq_config.num_embeddings
+        self.image_size = cfg.vision_config.image_size
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            raise CheckpointError("the tokenizer has no pad token; Janus's unconditional CFG row needs one")
+
+    # ----------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    ) -> JanusAdapter:
+        """Load a local `save_pretrained` directory (model + processor), or a hub id where a
+        network exists. Errors name the path and what is wrong with it."""
+        p = Path(path)
+        local = p.exists() or str(path).startswith((".", "/", "~")) or os.sep in str(path).rstrip("/")[:1]
+        if p.exists() and not p.is_dir():
+            raise CheckpointError(f"model path {path}: is a file, expected a checkpoint directory")
+        if local or p.exists():
+            _check_checkpoint_dir(p)
+        try:
+            model = JanusForConditionalGeneration.from_pretrained(str(path), dtype=dtype).to(device)
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            image_processor = JanusImageProcessorPil.from_pretrained(str(path))
+        except (OSError, ValueError, KeyError) as err:
+            raise CheckpointError(f"model path {path}: cannot load a Janus checkpoint: {err}") from err
+        model.eval()
+        processor = JanusProcessor(
+            image_processor, tokenizer, num_image_tokens=model.config.vision_config.num_image_tokens
+        )
+        settings = {}
+        settings_file = p / ADAPTER_FILE
+        if settings_file.exists():
+            try:
+                settings = json.loads(settings_file.read_text())
+            except json.JSONDecodeError as err:
+                raise CheckpointError(f"{settings_file}: malformed JSON: {err}") from err
+            for key in ("yes_words", "no_words"):
+                if key in settings:
+                    settings[key] = tuple(settings[key])
+        return cls(model, processor, **settings)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write model (LoRA merged), tokenizer, image processor and adapter settings to `path`;
+        the directory loads with plain transformers (`JanusForConditionalGeneration`)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        if self._peft is not None:
+            # Merge into a copy so the live model keeps its adapters and optimizer state.
+            import copy
+
+            model = copy.deepcopy(self._peft).merge_and_unload()
+        model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        self.processor.image_processor.save_pretrained(path)
+        settings = {
+            "gen_template": self.gen_template,
+            "judge_template": self.judge_template,
+            "question": self.question,
+            "yes_words": [self.tokenizer.convert_ids_to_tokens(i) for i in self.yes_ids],
+            "no_words": [self.tokenizer.convert_ids_to_tokens(i) for i in self.no_ids],
+            "threshold": self.threshold,
+        }
+        (path / ADAPTER_FILE).write_text(json.dumps(settings, indent=2))
+
+    # ------------------------------------------------------------------------------- parameters
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
+
+    def set_trainable(self, mode: TrainableMode, *, lora_rank: int = 8, lora_alpha: int = 16) -> None:
+        """Choose what trains. "llm": the language model only (the paper: only the LLM backbone
+        is fine-tuned); "all": everything but the VQ tokenizer (frozen in Janus); "lora": LoRA
+        adapters on the language model's attention and MLP projections, everything else frozen."""
+        if mode not in ("llm", "all", "lora"):
+            raise ValueError(f"trainable mode must be one of llm, all, lora; got {mode!r}")
+        if self._peft is not None and mode != "lora":
+            raise ValueError("LoRA adapters are attached; merge them (save and reload) before another mode")
+        if mode == "lora" and self._peft is None:
+            from peft import LoraConfig, get_peft_model
+
+            cfg = LoraConfig(
+                r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS
+            )
+            # get_peft_model injects LoRA layers into self.model's modules in place, so every
+            # forward below (which calls self.model) runs with the adapters.
+            self._peft = get_peft_model(self.model, cfg)
+        for name, param in self.model.named_parameters():
+            if mode == "lora":
+                param.requires_grad_("lora_" in name)
+            elif mode == "llm":
+                param.requires_grad_(name.startswith("model.language_model."))
+            else:
+                param.requires_grad_(not name.startswith("model.vqmodel."))
+        self.trainable_mode = mode
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def reference_mode(self):
+        """Context manager in which forwards run the frozen reference: LoRA adapters disabled.
+        Only meaningful under LoRA; with full fine-tuning the reference is a separate copy."""
+        if self._peft is None:
+            raise ValueError("reference_mode needs LoRA adapters (set_trainable('lora'))")
+        return self._peft.disable_adapter()
+
+    # ----------------------------------------------------------------------------- generation
+    def _encode_gen_prompts(self, prompts: list[str], cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids ending in <begin_of_image>; with cfg, the unconditional rows
+        follow the conditional ones: every real token but the first and the last (<bos>,
+        <begin_of_image>) replaced by pad, as Janus builds them. Returns ids, mask (R, L)."""
+        texts = [self.gen_template.format(prompt=p) + self.tokenizer.boi_token for p in prompts]
+        enc = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if cfg:
+            uncond = ids.clone()
+            L = ids.shape[1]
+            first_real = L - mask.sum(1)  # (R,) index of the first non-pad token
+            pos = torch.arange(L).unsqueeze(0)
+            keep = (pos == first_real.unsqueeze(1)) | (pos == L - 1) | (mask == 0)
+            uncond[~keep] = self.pad_id
+            ids, mask = torch.cat([ids, uncond]), torch.cat([mask, mask])
+        return ids.to(self.device), mask.to(self.device)
+
+    @staticmethod
+    def _positions(mask: torch.Tensor) -> torch.Tensor:
+        # Left padding: real tokens count from 0, pads sit at 0 (they are masked anyway).
+        return (mask.cumsum(-1) - 1).clamp(min=0)
+
+    @staticmethod
+    def _cfg(logits: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
+        """(2R, ..., K) cond rows then uncond rows -> (R, ..., K) guided logits."""
+        if cfg_scale is None:
+            return logits
+        cond, uncond = logits.chunk(2)
+        return uncond + cfg_scale * (cond - uncond)
+
+    def _check_gen_args(self, prompts: list[str], n: int, cfg_scale: float | None, temperature: float):
+        if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+            raise ValueError("prompts: the prompt list is empty")
+        if any(not isinstance(p, str) for p in prompts):
+            raise ValueError("prompts: every prompt must be a string")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: images per prompt must be an integer >= 1, got {n!r}")
+        if cfg_scale is not None and not cfg_scale > 1:
+            raise ValueError(f"cfg_scale: classifier-free guidance needs a scale > 1, got {cfg_scale}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        cfg_scale: float | None = 5.0,
+        temperature: float = 1.0,
+        seed: int | list[int] = 0,
+        batch_size: int = 64,
+        return_logprobs: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Sample T image tokens for each of n images per prompt -> (len(prompts)*n, T) long.
+
+        Rows are grouped by prompt (row r is prompt r // n). Each row draws from its own
+        torch.Generator seeded from `seed` (or from `seed[r]`), via the Gumbel-max trick, so a
+        row's tokens depend on its seed and prompt only, not on the batch it ran in.
+        temperature 0 is greedy. With return_logprobs, also the (N, T) log-probs of the drawn
+        tokens under the distribution they were drawn from (CFG-combined, at `temperature`;
+        at temperature 0, under the temperature-1 distribution)."""
+        self._check_gen_args(prompts, n, cfg_scale, temperature)
+        rows = [p for p in prompts for _ in range(n)]
+        seeds = _row_seeds(seed, len(rows))
+        chunks = [
+            self._generate_rows(rows[i : i + batch_size], seeds[i : i + batch_size], cfg_scale, temperature)
+            for i in range(0, len(rows), batch_size)
+        ]
+        tokens = torch.cat([c[0] for c in chunks])
+        return (tokens, torch.cat([c[1] for c in chunks])) if return_logprobs else tokens
+
+    def _generate_rows(
+        self, prompts: list[str], seeds: list[int], cfg_scale: float | None, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        lm = self.model.model.language_model
+        R, T = len(prompts), self.num_image_tokens
+        ids, mask = self._encode_gen_prompts(prompts, cfg_scale is not None)
+        gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        cache = DynamicCache(config=self.model.config.text_config)
+        out = lm(
+            inputs_embeds=self.model.get_input_embeddings()(ids),
+            attention_mask=mask,
+            position_ids=self._positions(mask),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        pos = self._positions(mask)[:, -1:]  # (R', 1)
+        tokens = torch.empty(R, T, dtype=torch.long, device=self.device)
+        logprobs = torch.empty(R, T, dtype=torch.float32, device=self.device)
+        for t in range(T):
+            logits = self._cfg(
+                self.model.model.generation_head(out.last_hidden_state[:, -1]), cfg_scale
+            ).float()
+            tokens[:, t] = self._sample(logits, temperature, gens)  # (R,)
+            logp = F.log_softmax(logits / (temperature or 1.0), dim=-1)  # (R, K)
+            logprobs[:, t] = logp.gather(-1, tokens[:, t : t + 1]).squeeze(-1)
+            if t == T - 1:
+                break
+            nxt = tokens[:, t : t + 1]
+            if cfg_scale is not None:
+                nxt = torch.cat([nxt, nxt])  # both CFG rows consume the same token
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            pos = pos + 1
+            out = lm(
+                inputs_embeds=self.model.prepare_embeddings_for_image_generation(nxt),
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        return tokens, logprobs
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, temperature: float, gens: list[torch.Generator]) -> torch.Tensor:
+        """(R, K) logits -> (R,) token ids; Gumbel-max with one generator per row."""
+        if temperature == 0:
+            return logits.argmax(-1)
+        u = torch.stack([torch.rand(logits.shape[-1], generator=g) for g in gens]).to(logits.device)
+        neg_log_u = -torch.log(u.clamp(min=1e-20))  # (R, K), > 0 (rand is in [0, 1))
+        gumbel = -torch.log(neg_log_u.clamp(min=1e-20))
+        return (logits / temperature + gumbel).argmax(-1)
+
+    def image_logprobs(
+        self,
+        prompts: list[str],
+        tokens: torch.Tensor,
+        cfg_scale: float | None = None,
+        temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced log-probs of `tokens` (N, T) given prompts[i] for row i.
+
+        Returns (summed (N,), per token (N, T)), differentiable w.r.t. the trainable parameters.
+        With cfg_scale the distribution is the CFG-combined one the sampler draws from (both the
+        conditional and the unconditional pass carry gradients, as in Flow-GRPO); without it,
+        the plain conditional distribution (T2I-R1's choice)."""
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
+        logits = self.image_logits(prompts, tokens, cfg_scale)  # (N, T, K)
+        logp = F.log_softmax(logits.float() / temperature, dim=-1)
+        per_token = logp.gather(-1, tokens.to(self.device).unsqueeze(-1)).squeeze(-1)  # (N, T)
+        return per_token.sum(-1), per_token
+
+    def image_logits(
+        self, prompts: list[str], tokens: torch.Tensor, cfg_scale: float | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced generation-head logits (N, T, K) for every position of `tokens`,
+        CFG-combined when cfg_scale is given; position t sees the prompt and tokens[:, :t]."""
+        if len(prompts) != tokens.shape[0]:
+            raise ValueError(f"image_logprobs: {len(prompts)} prompts for {tokens.shape[0]} token rows")
+        if tokens.ndim != 2 or tokens.shape[1] != self.num_image_tokens:
+            raise ValueError(
+                f"image_logprobs: tokens must be (N, {self.num_image_tokens}), got {tuple(tokens.shape)}"
+            )
+        if cfg_scale is not None and not cfg_scale > 1:
+            raise ValueError(f"cfg_scale: classifier-free guidance needs a scale > 1, got {cfg_scale}")
+        tokens = tokens.to(self.device)
+        ids, mask = self._encode_gen_prompts(list(prompts), cfg_scale is not None)  # (R, L)
+        L = ids.shape[1]
+        tok_in = tokens if cfg_scale is None else torch.cat([tokens, tokens])  # (R, T)
+        embeds = torch.cat(
+            [
+                self.model.get_input_embeddings()(ids),  # (R, L, D)
+                self.model.prepare_embeddings_for_image_generation(tok_in[:, :-1]),  # (R, T-1, D)
+            ],
+            dim=1,
+        )
+        full_mask = torch.cat([mask, mask.new_ones(mask.shape[0], tok_in.shape[1] - 1)], dim=1)
+        h = self.model.model.language_model(
+            inputs_embeds=embeds, attention_mask=full_mask, position_ids=self._positions(full_mask)
+        ).last_hidden_state  # (R, L+T-1, D)
+        return self._cfg(self.model.model.generation_head(h[:, L - 1 :]), cfg_scale)  # (N, T, K)
+
+    # ------------------------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, batch_size: int = 64) -> list[Image.Image]:
+        """(N, T) image tokens -> N RGB PIL images through the VQ decoder (pixels in [-1, 1])."""
+        if tokens.ndim != 2 or tokens.shape[1] != self.num_image_tokens:
+            raise ValueError(
+                f"decode: tokens must be (N, {self.num_image_tokens}), got {tuple(tokens.shape)}"
+            )
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
+            raise ValueError(f"decode: token ids must lie in [0, {self.codebook_size})")
+        images = []
+        for i in range(0, tokens.shape[0], batch_size):
+            pix = self.model.decode_image_tokens(tokens[i : i + batch_size].to(self.device))  # (B, H, W, 3)
+            arr = ((pix.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+            images.extend(Image.fromarray(np.ascontiguousarray(a)) for a in arr)
+        return images
+
+    # ---------------------------------------------------------------------------- understanding
+    def _answer_ids(self, words: tuple[str, ...], field: str) -> list[int]:
+        vocab = self.tokenizer.get_vocab()
+        ids = sorted({vocab[w] for w in words if w in vocab})
+        if not ids:
+            raise CheckpointError(f"{field}: none of {list(words)} is a single token of this tokenizer")
+        return ids
+
+    @torch.no_grad()
+    def judge(
+        self,
+        images: list[Image.Image],
+        prompts: list[str],
+        question: str | None = None,
+        batch_size: int = 64,
+    ) -> Judgement:
+        """P(yes)/(P(yes)+P(no)) for "does image i show prompts[i]?" and the yes/no decision.
+
+        `question` is a template with {prompt} (default: the adapter's, from config)."""
+        if len(images) != len(prompts):
+            raise ValueError(f"judge: {len(images)} images for {len(prompts)} prompts")
+        if not prompts:
+            raise ValueError("judge: nothing to judge (empty batch)")
+        for i, im in enumerate(images):
+            if not isinstance(im, Image.Image):
+                raise ValueError(f"judge: image {i} is a {type(im).__name__}, not a PIL image")
+        q = question or self.question
+        if "{prompt}" not in q:
+            raise ValueError(f"judge: question template {q!r} has no {{prompt}} field")
+        scores = []
+        for i in range(0, len(images), batch_size):
+            texts = [
+                self.judge_template.format(question=q.format(prompt=p)) for p in prompts[i : i + batch_size]
+            ]
+            imgs = [im.convert("RGB") for im in images[i : i + batch_size]]
+            enc = self.processor(text=texts, images=imgs, padding=True, return_tensors="pt")
+            mask = enc["attention_mask"].to(self.device)
+            logits = self.model(
+                input_ids=enc["input_ids"].to(self.device),
+                attention_mask=mask,
+                position_ids=self._positions(mask),
+                pixel_values=enc["pixel_values"].to(self.device, self.model.dtype),
+                logits_to_keep=1,
+            ).logits[:, -1]  # (B, V)
+            logp = F.log_softmax(logits.float(), dim=-1)
+            lse_yes = logp[:, self.yes_ids].logsumexp(-1)
+            lse_no = logp[:, self.no_ids].logsumexp(-1)
+            scores.append(torch.sigmoid(lse_yes - lse_no))  # = P(yes) / (P(yes) + P(no))
+        p_yes = torch.cat(scores).cpu()
+        return Judgement(p_yes=p_yes, decision=p_yes > self.threshold)
+
+
+def _check_checkpoint_dir(p: Path) -> None:
+    if not p.exists():
+        raise CheckpointError(f"model path {p}: does not exist")
+    if not (p / "config.json").is_file():
+        raise CheckpointError(f"model path {p}: no config.json (not a save_pretrained checkpoint directory)")
+    try:
+        cfg = json.loads((p / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"model path {p}: config.json is malformed JSON: {err}") from err
+    if cfg.get("model_type") != "janus":
+        raise CheckpointError(
+            f"model path {p}: config.json model_type is {cfg.get('model_type')!r}, not 'janus'"
+        )
+    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+        raise CheckpointError(f"model path {p}: no weight files (*.safetensors)")
+    for name in ("tokenizer_config.json", "preprocessor_config.json"):
+        if not (p / name).is_file():
+            raise CheckpointError(f"model path {p}: no {name} (save the processor with the model)")
+
+
+def check_janus_shapes(
+    model: JanusForConditionalGeneration, prompt_len: int = 8
+) -> dict[str, tuple[int, ...]]:
+    """Check that a Janus model's parts fit together, by config and by one forward of each path
+    on dummy inputs (works on the meta device, so a 7B layout is checked without weights).
+
+    Raises ValueError naming the mismatch; returns the shapes seen."""
+    cfg = model.config
+    v, q, t = cfg.vision_config, cfg.vq_config, cfg.text_config
+    grid = v.image_size // v.patch_size
+    problems = []
+    if v.num_image_tokens != grid * grid:
+        problems.append(
+            f"vision num_image_tokens {v.num_image_tokens} != (image_size/patch_size)^2 = {grid * grid}"
+        )
+    if q.num_patches != grid:
+        problems.append(f"vq num_patches {q.num_patches} != vision grid {grid}")
+    if v.projection_dim != t.hidden_size:
+        problems.append(f"vision projection_dim {v.projection_dim} != LLM hidden_size {t.hidden_size}")
+    if q.projection_dim != t.hidden_size or q.image_token_embed_dim != t.hidden_size:
+        problems.append(f"vq projection/image_token_embed dims must equal LLM hidden_size {t.hidden_size}")
+    if not 0 <= cfg.image_token_id < t.vocab_size:
+        problems.append(f"image_token_id {cfg.image_token_id} outside the vocabulary ({t.vocab_size})")
+    if problems:
+        raise ValueError("Janus config does not fit together: " + "; ".join(problems))
+
+    device = model.lm_head.weight.device
+    T, K, D = v.num_image_tokens, q.num_embeddings, t.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    with torch.no_grad():
+        # Generation path: prompt embeddings + T-1 image-token embeddings -> T distributions over K codes.
+        tokens = torch.zeros(1, T, dtype=torch.long, device=device)
+        text = model.get_input_embeddings()(torch.zeros(1, prompt_len, dtype=torch.long, device=device))
+        img = model.prepare_embeddings_for_image_generation(tokens[:, :-1])
+        h = model.model.language_model(inputs_embeds=torch.cat([text, img], 1)).last_hidden_state
+        shapes["generation_logits"] = tuple(model.model.generation_head(h[:, prompt_len - 1 :]).shape)
+        # Understanding path: pixels -> T patch features in the LLM's width.
+        pix = torch.zeros(1, 3, v.image_size, v.image_size, device=device)
+        shapes["image_features"] = tuple(model.model.get_image_features(pix).pooler_output.shape)
+        # Decoding: T tokens -> pixels.
+        shapes["decoded"] = tuple(model.decode_image_tokens(tokens).shape)
+    expected = {
+        "generation_logits": (1, T, K),
+        "image_features": (1, T, D),
+        "decoded": (1, v.image_size, v.image_size, 3),
+    }
+    for key, want in expected.items():
+        if shapes[key] != want:
+            raise ValueError(f"Janus shape check: {key} is {shapes[key]}, expected {want}")
+    return shapes

@@ -1,0 +1,270 @@
+"""The toy world's vocabulary, prompts, scenes and near misses.
+
+Where it sits: the toy run's prompt source (the curriculum draws from `make_splits`), the
+ground truth for pre-training the toy model and its VQ tokenizer (`sample_scene` + `render`),
+and the source of balanced yes/no understanding questions (`near_miss`). The spec is fixed,
+because a model and a tokenizer are trained on it:
+
+- 32x32 RGB, white background, a 4x4 grid of 8x8 cells, at most one object per cell, drawn
+  centred in its cell on 6x6 pixels (1 px margin), so one cell is one token of an 8x VQ.
+- shapes (GenEval "classes") circle, square, triangle, cross; colours red, orange, yellow,
+  green, blue, purple; counts 1-4; GenEval's relations left of / right of / above / below.
+
+Prompts use GenEval's schema and templates (evaluation_metadata.jsonl) for all six tags:
+
+    prompts = make_splits(seed=0, test_fraction=0.2)      # {"train": [...], "test": [...]}
+    scene = sample_scene(prompts["train"][0], np.random.default_rng(0))
+    negative = near_miss(prompts["train"][0], np.random.default_rng(1))   # one attribute changed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import permutations, product
+
+import numpy as np
+
+from gapray.eval.geneval import relative_position
+from gapray.types import GENEVAL_TAGS, POSITIONS, ObjectSpec, Prompt
+
+IMAGE_SIZE = 32
+"""Image side in pixels."""
+GRID = 4
+"""Cells per side."""
+CELL = IMAGE_SIZE // GRID
+"""Cell side in pixels (8: one token of an 8x-downsampling VQ)."""
+SHAPE_SIZE = 6
+"""Side of an object's drawing box; the 1 px margin keeps neighbours from touching."""
+MARGIN = (CELL - SHAPE_SIZE) // 2
+
+SHAPES = ("circle", "square", "triangle", "cross")
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+COLORS = ("red", "orange", "yellow", "green", "blue", "purple")
+BACKGROUND = (255, 255, 255)
+# Saturated, far apart in RGB (closest pair orange/yellow at distance 112, every colour at least
+# 255 from the white background), so that the nearest-palette rule survives VQ decoding noise.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (230, 0, 0),
+    "orange": (255, 128, 0),
+    "yellow": (255, 240, 0),
+    "green": (0, 170, 0),
+    "blue": (0, 64, 255),
+    "purple": (150, 0, 200),
+}
+COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+COUNTS = (2, 3, 4)
+"""Counts used by counting prompts (GenEval's range 2-4; exclude is N+1)."""
+RELATIONS = POSITIONS
+
+
+@dataclass(frozen=True)
+class ToyObject:
+    """One object: a shape of a palette colour in cell (row, col), row 0 at the top."""
+
+    shape: str
+    color: str
+    row: int
+    col: int
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"unknown shape {self.shape!r}; expected one of {SHAPES}")
+        if self.color not in PALETTE:
+            raise ValueError(f"unknown colour {self.color!r}; expected one of {COLORS}")
+        if not (0 <= self.row < GRID and 0 <= self.col < GRID):
+            raise ValueError(f"cell ({self.row}, {self.col}) outside the {GRID}x{GRID} grid")
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """x0, y0, x1, y1 (exclusive) of the drawn pixels; every shape spans its full 6x6 box."""
+        x0 = self.col * CELL + MARGIN
+        y0 = self.row * CELL + MARGIN
+        return (float(x0), float(y0), float(x0 + SHAPE_SIZE), float(y0 + SHAPE_SIZE))
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The objects of one image, at most one per cell (sorted in raster order by `sample_scene`)."""
+
+    objects: tuple[ToyObject, ...] = ()
+
+    def __post_init__(self) -> None:
+        cells = [(o.row, o.col) for o in self.objects]
+        if len(set(cells)) != len(cells):
+            raise ValueError(f"two objects share a cell: {cells}")
+
+
+# --- prompt text and schema -------------------------------------------------------------------
+
+# A prompt's parameters: objects as (shape, colour or None, count), plus the relation of object 0
+# to object 1 for position prompts. `_make` and `_params` convert to and from `Prompt`.
+_Obj = tuple[str, str | None, int]
+
+
+def _noun(shape: str, color: str | None = None) -> str:
+    # GenEval's generator writes "an" before a vowel ("an orange cow", "an elephant").
+    words = f"{color} {shape}" if color else shape
+    return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
+
+
+def _make(tag: str, objs: list[_Obj], relation: str | None = None, id: str = "") -> Prompt:
+    if tag == "counting":
+        shape, _, n = objs[0]
+        text = f"a photo of {COUNT_WORDS[n]} {PLURALS[shape]}"
+        return Prompt(id, text, tag, (ObjectSpec(shape, n),), (ObjectSpec(shape, n + 1),))
+    if tag == "position":
+        # GenEval: "a photo of A <rel> B" lists B first and puts the relation on A, pointing at B.
+        (a, _, _), (b, _, _) = objs
+        text = f"a photo of {_noun(a)} {relation} {_noun(b)}"
+        return Prompt(id, text, tag, (ObjectSpec(b), ObjectSpec(a, position=(relation, 0))))
+    text = "a photo of " + " and ".join(_noun(s, c) for s, c, _ in objs)
+    return Prompt(id, text, tag, tuple(ObjectSpec(s, 1, c) for s, c, _ in objs))
+
+
+def _params(prompt: Prompt) -> tuple[list[_Obj], str | None]:
+    objs = [(o.cls, o.color, o.count) for o in prompt.include]
+    if prompt.tag == "position":
+        return [objs[1], objs[0]], prompt.include[1].position[0]
+    return objs, None
+
+
+def prompts_for_tag(tag: str) -> list[Prompt]:
+    """Every distinct toy prompt of one GenEval tag, in a fixed order (ids empty)."""
+    pairs = list(permutations(SHAPES, 2))  # GenEval's two-object prompts use two different classes
+    if tag == "single_object":
+        return [_make(tag, [(s, None, 1)]) for s in SHAPES]
+    if tag == "two_object":
+        return [_make(tag, [(a, None, 1), (b, None, 1)]) for a, b in pairs]
+    if tag == "counting":
+        return [_make(tag, [(s, None, n)]) for s, n in product(SHAPES, COUNTS)]
+    if tag == "colors":
+        return [_make(tag, [(s, c, 1)]) for c, s in product(COLORS, SHAPES)]
+    if tag == "position":
+        return [_make(tag, [(a, None, 1), (b, None, 1)], r) for (a, b), r in product(pairs, RELATIONS)]
+    if tag == "color_attr":
+        # GenEval's colour-attribution prompts never repeat a class or a colour.
+        return [
+            _make(tag, [(a, ca, 1), (b, cb, 1)])
+            for (a, b), (ca, cb) in product(pairs, permutations(COLORS, 2))
+        ]
+    raise ValueError(f"unknown tag {tag!r}; expected one of {GENEVAL_TAGS}")
+
+
+def all_prompts() -> dict[str, list[Prompt]]:
+    """tag -> every distinct prompt (4, 12, 12, 24, 48 and 360 of them), ids empty."""
+    return {tag: prompts_for_tag(tag) for tag in GENEVAL_TAGS}
+
+
+def make_splits(seed: int = 0, test_fraction: float = 0.2) -> dict[str, list[Prompt]]:
+    """Seeded train/test split of every prompt, per tag, so each split covers all six tags.
+
+    No prompt text is in both. Each tag puts round(test_fraction x its size) prompts in test,
+    clamped to at least one in each split. Ids are "toy-train/00000", "toy-test/00000", ...
+    numbered in tag order.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Prompt]] = {"train": [], "test": []}
+    for tag in GENEVAL_TAGS:
+        prompts = prompts_for_tag(tag)
+        order = rng.permutation(len(prompts))
+        n_test = min(len(prompts) - 1, max(1, round(test_fraction * len(prompts))))
+        chosen = {"test": sorted(order[:n_test]), "train": sorted(order[n_test:])}
+        for split, idx in chosen.items():
+            for i in idx:
+                p = prompts[i]
+                out[split].append(
+                    Prompt(f"toy-{split}/{len(out[split]):05d}", p.text, p.tag, p.include, p.exclude)
+                )
+    return out
+
+
+# --- scenes -----------------------------------------------------------------------------------
+
+
+def _cell_box(cell: int) -> tuple[float, float, float, float]:
+    return ToyObject(SHAPES[0], COLORS[0], cell // GRID, cell % GRID).box
+
+
+def sample_scene(prompt: Prompt, rng: np.random.Generator, max_tries: int = 1000) -> Scene:
+    """A random scene that satisfies `prompt` under GenEval's rules, with only its objects.
+
+    Each include entry gets exactly `count` objects (so counting's exclude N+1 holds), in its
+    colour or a random one, in random distinct cells. For position entries the cells are redrawn
+    until the stated relation is the *only* one GenEval's rule finds (no diagonal that also reads
+    as above/below), so every other relation is a sure near miss.
+    """
+    placed: list[tuple[int, str, str]] = []  # (include index, shape, colour)
+    for i, spec in enumerate(prompt.include):
+        if spec.cls not in SHAPES:
+            raise ValueError(f"prompt {prompt.id!r}: class {spec.cls!r} is not a toy shape")
+        for _ in range(spec.count):
+            color = spec.color or COLORS[rng.integers(len(COLORS))]
+            placed.append((i, spec.cls, color))
+    for spec in prompt.exclude:
+        if sum(s == spec.cls for _, s, _ in placed) >= spec.count:
+            raise ValueError(f"prompt {prompt.id!r}: include and exclude of {spec.cls!r} contradict")
+    if len(placed) > GRID * GRID:
+        raise ValueError(f"prompt {prompt.id!r} needs {len(placed)} objects, more than {GRID * GRID} cells")
+    for _ in range(max_tries):
+        cells = rng.choice(GRID * GRID, size=len(placed), replace=False)
+        if _positions_hold(prompt, placed, cells):
+            objects = [
+                ToyObject(s, c, int(cell) // GRID, int(cell) % GRID)
+                for (_, s, c), cell in zip(placed, cells, strict=True)
+            ]
+            return Scene(tuple(sorted(objects, key=lambda o: (o.row, o.col))))
+    raise ValueError(f"prompt {prompt.id!r}: no layout found in {max_tries} tries")
+
+
+def _positions_hold(prompt: Prompt, placed: list[tuple[int, str, str]], cells: np.ndarray) -> bool:
+    for i, spec in enumerate(prompt.include):
+        if spec.position is None:
+            continue
+        rel, target = spec.position
+        mine = [cells[k] for k, (j, _, _) in enumerate(placed) if j == i]
+        theirs = [cells[k] for k, (j, _, _) in enumerate(placed) if j == target]
+        for a, b in product(mine, theirs):
+            if relative_position(_cell_box(a), _cell_box(b)) != {rel}:
+                return False
+    return True
+
+
+def near_miss(prompt: Prompt, rng: np.random.Generator) -> Prompt:
+    """A prompt of the same tag with exactly one attribute changed; a scene of `prompt` fails it.
+
+    The kind of change is drawn uniformly from those the tag has (shape; colour for colors and
+    color_attr; count for counting; relation for position), then the new value uniformly. A new
+    shape or colour is one the prompt does not already use, so two-object prompts keep two
+    different classes (as GenEval's do) and the original scene cannot satisfy the changed entry.
+    The id is the original's with "/near-miss" appended.
+    """
+    objs, relation = _params(prompt)
+    shapes = {s for s, _, _ in objs}
+    colors = {c for _, c, _ in objs if c is not None}
+    options: dict[str, list[tuple[list[_Obj], str | None]]] = {
+        "shape": [],
+        "color": [],
+        "count": [],
+        "relation": [],
+    }
+    for k, (s, c, n) in enumerate(objs):
+        for new in SHAPES:
+            if new not in shapes:
+                options["shape"].append(([*objs[:k], (new, c, n), *objs[k + 1 :]], relation))
+        if c is not None:
+            for new in COLORS:
+                if new not in colors:
+                    options["color"].append(([*objs[:k], (s, new, n), *objs[k + 1 :]], relation))
+    if prompt.tag == "counting":
+        (s, c, n) = objs[0]
+        options["count"] = [([(s, c, m)], None) for m in COUNTS if m != n]
+    if prompt.tag == "position":
+        options["relation"] = [(objs, r) for r in RELATIONS if r != relation]
+    kinds = [k for k, v in options.items() if v]
+    if prompt.tag not in GENEVAL_TAGS or not kinds:
+        raise ValueError(f"prompt {prompt.id!r}: no near miss for tag {prompt.tag!r}")
+    choices = options[kinds[rng.integers(len(kinds))]]
+    new_objs, new_rel = choices[rng.integers(len(choices))]
+    return _make(prompt.tag, new_objs, new_rel, id=f"{prompt.id}/near-miss")

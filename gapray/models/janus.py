@@ -77,6 +77,7 @@ class JanusAdapter:
         yes_words: tuple[str, ...] = ("yes", "Yes"),
         no_words: tuple[str, ...] = ("no", "No"),
         threshold: float = 0.5,
+        extra_settings: dict | None = None,
     ):
         self.model = model
         self.processor = processor
@@ -85,6 +86,9 @@ class JanusAdapter:
         self.judge_template = judge_template
         self.question = question
         self.threshold = threshold
+        # Settings the adapter does not use itself but keeps with the checkpoint, e.g. the
+        # cfg_scale / temperature a toy model was tuned with (read by `gapray eval`).
+        self.extra_settings = dict(extra_settings or {})
         self.yes_ids = self._answer_ids(yes_words, "yes_words")
         self.no_ids = self._answer_ids(no_words, "no_words")
         self.trainable_mode: TrainableMode | None = None
@@ -130,7 +134,10 @@ class JanusAdapter:
             for key in ("yes_words", "no_words"):
                 if key in settings:
                     settings[key] = tuple(settings[key])
-        return cls(model, processor, **settings)
+        known = {"gen_template", "judge_template", "question", "yes_words", "no_words", "threshold"}
+        extra = {k: v for k, v in settings.items() if k not in known}
+        settings = {k: v for k, v in settings.items() if k in known}
+        return cls(model, processor, extra_settings=extra, **settings)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write model (LoRA merged), tokenizer, image processor and adapter settings to `path`;
@@ -153,6 +160,7 @@ class JanusAdapter:
             "yes_words": [self.tokenizer.convert_ids_to_tokens(i) for i in self.yes_ids],
             "no_words": [self.tokenizer.convert_ids_to_tokens(i) for i in self.no_ids],
             "threshold": self.threshold,
+            **self.extra_settings,
         }
         (path / ADAPTER_FILE).write_text(json.dumps(settings, indent=2))
 

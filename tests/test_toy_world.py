@@ -33,7 +33,7 @@ from gapray.toy.world import (
 )
 from gapray.types import GENEVAL_TAGS, Prompt
 
-GENEVAL_METADATA = Path(__file__).resolve().parents[2] / "shared/data/geneval/evaluation_metadata.jsonl"
+GENEVAL_METADATA = Path(__file__).resolve().parents[1] / "gapray/data/geneval/evaluation_metadata.jsonl"
 
 
 def _every_prompt() -> list[Prompt]:
@@ -116,7 +116,6 @@ def test_prompts_follow_geneval_schema():
         assert Prompt.from_geneval(json.loads(json.dumps(p.to_geneval())), p.id) == p
 
 
-@pytest.mark.skipif(not GENEVAL_METADATA.exists(), reason="shared GenEval metadata not present")
 def test_same_keys_and_key_order_as_geneval_metadata():
     reference = {}
     for line in GENEVAL_METADATA.read_text().splitlines():

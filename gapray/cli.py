@@ -12,6 +12,7 @@ import sys
 USAGE = """usage: gapray <command> [args]
 
 commands:
+  run [overrides]   the online self-improvement run (local Ray, or the cluster's)
   eval CHECKPOINT   evaluate a model on the toy world (CHECKPOINT: a path, or `toy`)
   toy pretrain      train the toy unified model from scratch
   demo              generate, decode and self-judge a few images (smoke run)
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         from gapray.toy.pretrain import main as run
 
         rest = rest[1:]
+    elif cmd == "run":
+        from gapray.run import main as run
     elif cmd == "demo":
         from gapray.demo import main as run
     else:

@@ -1,0 +1,281 @@
+"""The controller: the only place where the online self-improvement loop lives.
+
+One step, as in shared/DESIGN.md:
+
+    prompts = curriculum.next_batch(step)
+    samples = generate_rollouts(generation_pool, prompts)     # N images per prompt, CFG, seeds fixed here
+    scored  = score_rollouts(reward_pool, samples)            # the model's own P(yes) per image
+    pairs   = build_pairs(...)                                # chosen/rejected (or SFT examples)
+    stats   = learner_group.update(batch)
+    curriculum.observe(step, per-prompt pass counts)
+    version = weight_sync.push(learner_group, targets)
+
+Each stage is timed. The run directory gets config.yaml, metrics/ and rollouts/ Parquet per
+step, evaluations (start, every `eval_every`, end) under evals/, checkpoints, curves.png and
+summary.json. `run.resume=RUN_DIR` continues from the newest verified checkpoint: step counter,
+curriculum, optimizer, RNG and weights restored; redone steps overwrite their own metric files,
+so no step is logged twice.
+
+    gapray run                      # the toy run on a local Ray
+    gapray run run.steps=5 model=tiny
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from gapray.algos.curriculum import make_curriculum
+from gapray.algos.pairs import build_pairs, select_sft
+from gapray.config import TOY_PROMPTS, Config, to_dict
+from gapray.storage import RunDir
+from gapray.types import Prompt
+from gapray.workers.rollout import Rollouts, Scores, generate_rollouts, score_rollouts
+from gapray.workers.sync import WeightSync
+
+log = logging.getLogger(__name__)
+EVAL_KEYS = ("geneval_overall", "non_unification", "understanding_accuracy", "judge_balanced_accuracy")
+
+
+def load_prompt_set(name: str) -> list[Prompt]:
+    if name == TOY_PROMPTS:
+        from gapray.toy.world import make_splits
+
+        return make_splits(seed=0)["train"]  # the eval uses the test split of the same seed
+    from gapray.data.prompts import load_prompts
+
+    return load_prompts(name)
+
+
+def row_seeds(run_seed: int, step: int, rows: int) -> np.ndarray:
+    """Sampling seeds of one step's rows: fixed by (run seed, step), so a retried share or a
+    resumed step draws exactly the same images."""
+    return np.random.SeedSequence([run_seed, step]).generate_state(rows, dtype=np.uint32).astype(np.int64)
+
+
+class Timer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.seconds[f"time_{name}"] = time.perf_counter() - t0
+
+
+class Controller:
+    """Drives the roles; holds no model itself."""
+
+    def __init__(self, cfg: Config, run: RunDir, roles):
+        self.cfg, self.run, self.roles = cfg, run, roles
+        c = cfg.curriculum
+        self.curriculum = make_curriculum(
+            c.kind,
+            load_prompt_set(c.prompts),
+            c.prompts_per_step,
+            cfg.run.seed,
+            **_curriculum_kwargs(c),
+        )
+        self.sync = WeightSync(cfg.sync.bucket_mb)
+        self.sync_targets = [roles.generation] + ([roles.reward] if cfg.reward.follow_policy else [])
+        self.evals: dict[int, dict] = {}
+        self.start_step = 1
+
+    # ----------------------------------------------------------------------------- one step
+    def step(self, step: int) -> dict:
+        cfg, timer = self.cfg, Timer()
+        n = cfg.generation.images_per_prompt
+        with timer.stage("step"):
+            prompts = self.curriculum.next_batch(step)
+            with timer.stage("generate"):
+                seeds = row_seeds(cfg.run.seed, step, len(prompts) * n)
+                samples = generate_rollouts(
+                    self.roles.generation, [p.id for p in prompts], [p.text for p in prompts], seeds, n
+                )
+            with timer.stage("reward"):
+                scored = score_rollouts(self.roles.reward, samples)
+            with timer.stage("pairs"):
+                batch, pair_stats = self.make_batch(samples, scored)
+            learner_version = self.sync.version
+            with timer.stage("learn"):
+                learn = self.roles.learner.update(batch) if len(batch["prompts"]) else {"rows": 0.0}
+            self.curriculum.observe(step, _pass_counts(samples, scored))
+            with timer.stage("sync"):
+                sync = (
+                    self.sync.push(self.roles.learner, self.sync_targets)
+                    if learn.get("optimizer_steps")
+                    else None
+                )
+        self.run.log_rollouts(step, _rollout_columns(samples, scored))
+        row = {
+            "step": step,
+            "version": self.sync.version,
+            "staleness": float(learner_version - samples.versions.min()),
+            "images": len(samples),
+            "mean_p_yes": float(scored.p_yes.mean()),
+            "pass_rate": float(scored.accepted.mean()),
+            **pair_stats,
+            **{f"learn_{k}" if k in ("rows",) else k: v for k, v in learn.items()},
+            **self.curriculum.stats(),
+            **timer.seconds,
+            "images_per_s": len(samples) / max(timer.seconds["time_generate"], 1e-9),
+            "judged_per_s": len(samples) / max(timer.seconds["time_reward"], 1e-9),
+            **(sync.as_metrics() if sync else {}),
+        }
+        return row
+
+    def make_batch(self, samples: Rollouts, scored: Scores) -> tuple[dict, dict]:
+        cfg = self.cfg
+        if cfg.learner.algorithm == "sft":
+            keep = select_sft(samples.prompt_ids, scored.accepted)
+            batch = {"prompts": [samples.prompts[i] for i in keep], "tokens": samples.tokens[keep]}
+            return batch, {"sft_examples": len(keep)}
+        idx, stats = build_pairs(
+            samples.prompt_ids,
+            scored.p_yes,
+            scored.accepted,
+            rule=cfg.pairs.rule,
+            min_margin=cfg.pairs.min_margin,
+            min_chosen=cfg.pairs.min_chosen,
+            pairs_per_prompt=cfg.pairs.pairs_per_prompt,
+        )
+        chosen = [c for c, _ in idx]
+        rejected = [r for _, r in idx]
+        batch = {
+            "prompts": [samples.prompts[c] for c in chosen],
+            "chosen": samples.tokens[chosen],
+            "rejected": samples.tokens[rejected],
+        }
+        return batch, {f"pairs_{k}" if k != "pairs" else k: v for k, v in stats.as_dict().items()}
+
+    # ---------------------------------------------------------------------------- evaluation
+    def evaluate(self, step: int) -> dict:
+        r = self.cfg.run
+        out = self.run.path(f"evals/step_{step:07d}")
+        metrics = self.roles.generation.call_one(
+            "evaluate",
+            str(out),
+            images_per_prompt=r.eval_images_per_prompt,
+            limit=r.eval_limit,
+            cfg_scale=self.cfg.generation.cfg_scale,
+            temperature=self.cfg.generation.temperature,
+            seed=r.seed,
+        )
+        self.evals[step] = metrics
+        return metrics
+
+    # ------------------------------------------------------------------------------- the loop
+    def resume(self) -> None:
+        path = self.run.latest_checkpoint()  # raises CorruptCheckpointError naming the file
+        if path is None:
+            log.info("resume: no checkpoint in %s; starting at step 1", self.run.root)
+            return
+        extra = self.roles.learner.load_checkpoint(str(path))
+        self.curriculum.load_state_dict(extra["curriculum"])
+        self.evals = {int(k): v for k, v in extra.get("evals", {}).items()}
+        self.sync.version = extra["sync_version"] - 1
+        self.sync.push(self.roles.learner, self.sync_targets)  # workers get the checkpoint's weights
+        self.start_step = extra["step"] + 1
+        log.info("resumed from %s at step %d (version %d)", path, self.start_step, self.sync.version)
+
+    def checkpoint(self, step: int) -> None:
+        extra = {
+            "step": step,
+            "curriculum": self.curriculum.state_dict(),
+            "sync_version": self.sync.version,
+            "evals": {str(k): v for k, v in self.evals.items()},
+        }
+        self.roles.learner.save_checkpoint(str(self.run.root), step, extra, self.cfg.run.keep_checkpoints)
+
+    def run_loop(self, progress=None) -> dict:
+        r = self.cfg.run
+        self.run.write_config(to_dict(self.cfg))
+        if 0 not in self.evals:
+            self.run.log_metrics(0, {"step": 0, "version": 0, **_eval_cols(self.evaluate(0))})
+        bad = 0
+        for step in range(self.start_step, r.steps + 1):
+            row = self.step(step)
+            bad = int(row.get("bad_steps_in_a_row", 0))
+            if step % r.eval_every == 0 or step == r.steps:
+                row.update(_eval_cols(self.evaluate(step)))
+            self.run.log_metrics(step, row)
+            if step % r.checkpoint_every == 0 or step == r.steps:
+                self.checkpoint(step)
+            if progress is not None:
+                progress(step, row)
+            if bad >= self.cfg.learner.max_bad_steps:
+                raise FloatingPointError(
+                    f"step {step}: {bad} optimizer steps in a row had a NaN/inf loss or gradient "
+                    f"(learner.max_bad_steps={self.cfg.learner.max_bad_steps}); stopping"
+                )
+        return self.finish()
+
+    def finish(self) -> dict:
+        from gapray.plots import plot_curves
+
+        self.run.consolidate()
+        plot_curves(self.run.read_metrics(), self.run.path("curves.png"))
+        first, last = min(self.evals), max(self.evals)
+        start, final = self.evals[first], self.evals[last]
+        summary = {
+            "run_dir": str(self.run.root),
+            "steps": self.cfg.run.steps,
+            "version": self.sync.version,
+            "start": start,
+            "final": final,
+            "delta": {k: _delta(final.get(k), start.get(k)) for k in EVAL_KEYS},
+        }
+        self.run.write_summary(summary)
+        return summary
+
+
+def _delta(a, b):
+    return None if a is None or b is None else a - b
+
+
+def _eval_cols(m: dict) -> dict:
+    return {k: m.get(k) for k in EVAL_KEYS} | {
+        f"geneval_{tag}": v for tag, v in (m.get("geneval_per_tag") or {}).items()
+    }
+
+
+def _pass_counts(samples: Rollouts, scored: Scores) -> dict[str, tuple[int, int]]:
+    counts: dict[str, list[int]] = {}
+    for pid, ok in zip(samples.prompt_ids, scored.accepted.tolist(), strict=True):
+        c = counts.setdefault(pid, [0, 0])
+        c[0] += int(ok)
+        c[1] += 1
+    return {k: (a, t) for k, (a, t) in counts.items()}
+
+
+def _rollout_columns(samples: Rollouts, scored: Scores) -> dict:
+    return {
+        "prompt_id": samples.prompt_ids,
+        "prompt": samples.prompts,
+        "sample_index": samples.sample_index,
+        "seed": samples.seeds,
+        "version": samples.versions,
+        "tokens": samples.tokens,
+        "p_yes": scored.p_yes,
+        "accepted": scored.accepted,
+        "judge_version": scored.versions,
+    }
+
+
+def _curriculum_kwargs(c) -> dict:
+    if c.kind == "replay":
+        return {"replay_every": c.replay_every, "replay_fraction": c.replay_fraction}
+    if c.kind == "band":
+        return {"band": (c.band_low, c.band_high), "ema": c.ema, "explore": c.explore}
+    return {}
+
+
+def resolve_out_dir(cfg: Config) -> Path:
+    if cfg.run.resume:
+        return Path(cfg.run.resume)
+    return Path(cfg.run.out_dir.replace("{timestamp}", time.strftime("%Y%m%d-%H%M%S")))

@@ -1,0 +1,171 @@
+"""`gapray run [overrides]`: the online self-improvement run, on a local Ray or a cluster.
+
+    gapray run                                  # the toy run: local Ray, CPU, shipped toy model
+    gapray run learner=sft curriculum=replay    # hydra group overrides
+    gapray run run.steps=5 model=tiny           # key overrides
+    gapray run resume=runs/toy-20261126-120000  # continue an interrupted run
+
+Under `ray job submit` the same command connects to the cluster (RAY_ADDRESS). The config is
+validated and the cluster's resources checked against every role's request before any actor
+starts. The last line printed is the run's summary as one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+
+from gapray.config import Config, ConfigError, from_run_dir, load_config
+
+
+@dataclass
+class Roles:
+    generation: object  # WorkerPool of GenerationWorker
+    reward: object  # WorkerPool of RewardWorker
+    learner: object  # LearnerGroup
+
+
+def _threads(cpus: float) -> int:
+    return max(1, math.ceil(cpus))
+
+
+def build_roles(cfg: Config) -> Roles:
+    """Place and start every actor (generation, reward, learner ranks)."""
+    import ray
+
+    from gapray.placement import actor_options, place_roles
+    from gapray.workers.learner import LearnerGroup, LearnerWorker
+    from gapray.workers.rollout import GenerationWorker, RewardWorker, WorkerPool
+
+    places = place_roles(cfg)
+    m = cfg.model
+    lora_scaling = m.lora_alpha / m.lora_rank if m.trainable == "lora" else 1.0
+    g, r, ln = cfg.generation, cfg.reward, cfg.learner
+    if g.backend != "hf":
+        raise ConfigError(
+            f"generation.backend={g.backend!r}: only the 'hf' backend is built so far", ["generation.backend"]
+        )
+
+    def gen_actor(i: int):
+        opts = actor_options(places["generation"][i], g.cpus_per_worker, g.gpus_per_worker)
+        return (
+            ray.remote(GenerationWorker)
+            .options(**opts)
+            .remote(m, g, _threads(g.cpus_per_worker), lora_scaling)
+        )
+
+    def reward_actor(i: int):
+        opts = actor_options(places["reward"][i], r.cpus_per_worker, r.gpus_per_worker)
+        return (
+            ray.remote(RewardWorker).options(**opts).remote(m, r, _threads(r.cpus_per_worker), lora_scaling)
+        )
+
+    generation = WorkerPool("generation", gen_actor, g.num_workers)
+    reward = WorkerPool("reward", reward_actor, r.num_workers)
+    generation.start()
+    reward.start()
+
+    # Rank 0's address, found from inside rank 0's bundle so it is reachable on a cluster.
+    rank0 = actor_options(places["learner"][0], 0.0, 0.0)
+    master = ray.get(ray.remote(_free_address).options(**rank0).remote())
+    learners = [
+        ray.remote(LearnerWorker)
+        .options(**actor_options(places["learner"][k], ln.cpus_per_rank, ln.gpus_per_rank))
+        .remote(m, ln, k, ln.num_ranks, master, cfg.run.seed, _threads(ln.cpus_per_rank))
+        for k in range(ln.num_ranks)
+    ]
+    group = LearnerGroup(learners)
+    group.start()
+    return Roles(generation=generation, reward=reward, learner=group)
+
+
+def _free_address() -> str:
+    import socket
+
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return f"{ray.util.get_node_ip_address()}:{port}"
+
+
+def parse(argv: list[str]) -> Config:
+    """Overrides -> validated Config; `resume=DIR` (or run.resume=DIR) continues a saved run."""
+    resume = None
+    rest = []
+    for a in argv:
+        key, _, value = a.partition("=")
+        if key in ("resume", "run.resume"):
+            resume = value
+        else:
+            rest.append(a)
+    if resume:
+        return from_run_dir(resume, rest)
+    return load_config(rest)
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = parse(argv)
+    except ConfigError as err:
+        print(f"gapray run: {err}", file=sys.stderr)
+        return 2
+    import ray
+
+    from gapray.controller import Controller, resolve_out_dir
+    from gapray.placement import ResourceError, check_resources, connect_ray
+    from gapray.storage import CorruptCheckpointError, RunDir
+
+    run = RunDir(resolve_out_dir(cfg))
+    where = connect_ray(cfg)
+    try:
+        check_resources(cfg, ray.cluster_resources())
+        roles = build_roles(cfg)
+        controller = Controller(cfg, run, roles)
+        if cfg.run.resume:
+            controller.resume()
+        print(
+            f"gapray run: {run.root} on Ray ({where}), steps {controller.start_step}..{cfg.run.steps}",
+            file=sys.stderr,
+        )
+        summary = controller.run_loop(progress=_progress(cfg, controller.start_step))
+    except (ResourceError, ConfigError, CorruptCheckpointError) as err:
+        print(f"gapray run: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if where == "local":
+            ray.shutdown()
+    print(json.dumps(summary))
+    return 0
+
+
+def _progress(cfg: Config, start: int):
+    if not cfg.run.progress:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.run.steps, initial=start - 1, desc="self-improve", unit="step", file=sys.stderr)
+
+    def update(step: int, row: dict) -> None:
+        post = {
+            "p_yes": f"{row['mean_p_yes']:.3f}",
+            "pairs": int(row.get("pairs", row.get("sft_examples", 0))),
+        }
+        if "loss" in row:
+            post["loss"] = f"{row['loss']:.3f}"
+        if row.get("geneval_overall") is not None:
+            post["geneval"] = f"{row['geneval_overall']:.3f}"
+        bar.set_postfix(post)
+        bar.update(1)
+        if step == cfg.run.steps:
+            bar.close()
+
+    return update

@@ -1,0 +1,164 @@
+"""Weight sync: learner weights -> generation / reward workers through the Ray object store.
+
+Only what trains travels: the LLM backbone's parameters (or, under LoRA, the adapter matrices,
+merged into the receiving worker's own base weights on arrival). The learner packs them into
+buckets of about `bucket_mb` MB, puts each bucket in the object store once, and hands the same
+list of object refs to every target; each target pulls the buckets and copies them in place,
+then reports the version it now holds. Every sample records the version that generated it.
+
+    buckets = pack_buckets(named_tensors, bucket_mb=64)          # on the learner
+    refs = [ray.put(b) for b in buckets]
+    apply_update(adapter, buckets, lora_scaling, base_cache)      # on a worker, per bucket
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+LORA_A, LORA_B = ".lora_A.", ".lora_B."
+
+
+def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Name -> detached CPU copy of every parameter that requires grad (what trains)."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def pack_buckets(tensors: dict[str, torch.Tensor], bucket_mb: float) -> list[dict[str, torch.Tensor]]:
+    """Split name -> tensor into buckets of at most ~bucket_mb MB each (a tensor larger than a
+    bucket gets a bucket of its own); order kept so LoRA A/B pairs of a layer mostly share one."""
+    if bucket_mb <= 0:
+        raise ValueError(f"bucket_mb must be > 0, got {bucket_mb}")
+    limit = bucket_mb * 2**20
+    buckets: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if buckets[-1] and size + nbytes > limit:
+            buckets.append({})
+            size = 0
+        buckets[-1][name] = t
+        size += nbytes
+    return [b for b in buckets if b]
+
+
+def bucket_bytes(buckets: Iterable[dict[str, torch.Tensor]]) -> int:
+    return sum(t.numel() * t.element_size() for b in buckets for t in b.values())
+
+
+def _lora_target(name: str) -> tuple[str, str] | None:
+    """'...q_proj.lora_A.default.weight' -> ('...q_proj', 'A'); None for a plain parameter."""
+    for marker, kind in ((LORA_A, "A"), (LORA_B, "B")):
+        if marker in name:
+            return name.split(marker)[0], kind
+    return None
+
+
+@dataclass
+class LoraMergeState:
+    """What a worker keeps to merge LoRA updates: each target layer's original weight W0 (so a
+    new version is W0 + s * B @ A, not stacked on the previous merge) and half-received pairs."""
+
+    base: dict[str, torch.Tensor]
+    pending: dict[str, dict[str, torch.Tensor]]
+
+    @classmethod
+    def empty(cls) -> LoraMergeState:
+        return cls(base={}, pending={})
+
+
+def apply_update(
+    model: torch.nn.Module,
+    tensors: dict[str, torch.Tensor],
+    *,
+    lora_scaling: float = 1.0,
+    merge_state: LoraMergeState | None = None,
+) -> int:
+    """Copy received tensors into `model`'s parameters in place; LoRA A/B matrices are merged
+    into the matching linear layer's weight. Returns how many parameters changed.
+
+    Raises ValueError naming the first tensor whose name or shape does not fit the model; the
+    check runs before any copy, so a bad update leaves the model as it was."""
+    params = dict(model.named_parameters())
+    plain, lora = {}, {}
+    for name, t in tensors.items():
+        target = _lora_target(name)
+        if target is None:
+            if name not in params:
+                raise ValueError(f"weight update: the model has no parameter {name!r}")
+            if params[name].shape != t.shape:
+                raise ValueError(
+                    f"weight update: {name} has shape {tuple(t.shape)}, the model's is {tuple(params[name].shape)}"
+                )
+            plain[name] = t
+        else:
+            prefix, kind = target
+            if prefix + ".weight" not in params:
+                raise ValueError(f"weight update: LoRA tensor {name!r} targets no layer {prefix}.weight")
+            lora.setdefault(prefix, {})[kind] = t
+    if lora and merge_state is None:
+        raise ValueError("weight update: LoRA tensors arrived but the worker keeps no merge state")
+    changed = 0
+    with torch.no_grad():
+        for name, t in plain.items():
+            params[name].copy_(t)
+            changed += 1
+        for prefix, parts in lora.items():
+            assert merge_state is not None
+            got = {**merge_state.pending.pop(prefix, {}), **parts}
+            if len(got) < 2:  # the other half is in a later bucket
+                merge_state.pending[prefix] = got
+                continue
+            weight = params[prefix + ".weight"]
+            w0 = merge_state.base.setdefault(prefix, weight.detach().clone())
+            delta = (got["B"].float() @ got["A"].float()) * lora_scaling  # (out, r) @ (r, in)
+            if delta.shape != weight.shape:
+                raise ValueError(
+                    f"weight update: LoRA delta for {prefix} is {tuple(delta.shape)}, weight is {tuple(weight.shape)}"
+                )
+            weight.copy_((w0.float() + delta).to(weight.dtype))
+            changed += 1
+    return changed
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    """One push: version sent, bytes, buckets, seconds from export start to the last ack."""
+
+    version: int
+    bytes: int
+    buckets: int
+    seconds: float
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "sync_ms": 1000 * self.seconds,
+            "sync_mb": self.bytes / 2**20,
+            "sync_buckets": float(self.buckets),
+        }
+
+
+class WeightSync:
+    """Driver-side: versioned pushes from learner rank 0 to the worker pools."""
+
+    def __init__(self, bucket_mb: float):
+        self.bucket_mb = bucket_mb
+        self.version = 0
+
+    def push(self, learner_group, targets: list) -> SyncStats:
+        """Export the learner's trainable weights once, load them into every target pool, wait
+        for every worker's acknowledgement of the new version."""
+        import ray
+
+        t0 = time.perf_counter()
+        version = self.version + 1
+        refs, nbytes = learner_group.export_weights(self.bucket_mb)
+        acks = [ref for pool in targets for ref in pool.load_weights_async(version, refs)]
+        held = ray.get(acks)
+        if any(v != version for v in held):
+            raise RuntimeError(f"weight sync: workers report versions {held}, expected {version}")
+        self.version = version
+        return SyncStats(version, nbytes, len(refs), time.perf_counter() - t0)

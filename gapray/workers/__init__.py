@@ -1,0 +1,1 @@
+"""Ray roles: generation and reward workers and pools, learner ranks, weight sync."""

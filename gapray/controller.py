@@ -111,7 +111,7 @@ class Controller:
                     if learn.get("optimizer_steps")
                     else None
                 )
-        self.run.log_rollouts(step, _rollout_columns(samples, scored))
+        self.run.log_rollouts(step, _rollout_columns(step, samples, scored))
         row = {
             "step": step,
             "version": self.sync.version,
@@ -253,8 +253,9 @@ def _pass_counts(samples: Rollouts, scored: Scores) -> dict[str, tuple[int, int]
     return {k: (a, t) for k, (a, t) in counts.items()}
 
 
-def _rollout_columns(samples: Rollouts, scored: Scores) -> dict:
+def _rollout_columns(step: int, samples: Rollouts, scored: Scores) -> dict:
     return {
+        "step": np.full(len(samples), step, dtype=np.int64),
         "prompt_id": samples.prompt_ids,
         "prompt": samples.prompts,
         "sample_index": samples.sample_index,

@@ -26,6 +26,17 @@ class Roles:
     generation: object  # WorkerPool of GenerationWorker
     reward: object  # WorkerPool of RewardWorker
     learner: object  # LearnerGroup
+    groups: list  # placement groups
+
+    def shutdown(self) -> None:
+        """Kill every actor and free the placement groups (a shared Ray stays usable)."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in [*self.generation.actors, *self.reward.actors, *self.learner.actors]:
+            ray.kill(actor)
+        for pg in self.groups:
+            remove_placement_group(pg)
 
 
 def _threads(cpus: float) -> int:
@@ -79,7 +90,8 @@ def build_roles(cfg: Config) -> Roles:
     ]
     group = LearnerGroup(learners)
     group.start()
-    return Roles(generation=generation, reward=reward, learner=group)
+    groups = list({id(pg): pg for role in places.values() for pg, _ in role}.values())
+    return Roles(generation=generation, reward=reward, learner=group, groups=groups)
 
 
 def _free_address() -> str:
@@ -108,24 +120,20 @@ def parse(argv: list[str]) -> Config:
     return load_config(rest)
 
 
-def main(argv: list[str]) -> int:
-    if argv[:1] in (["-h"], ["--help"]):
-        print(__doc__)
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = parse(argv)
-    except ConfigError as err:
-        print(f"gapray run: {err}", file=sys.stderr)
-        return 2
+def execute(cfg: Config, progress: bool | None = None) -> dict:
+    """Run (or resume) the loop described by a validated config; returns the summary.
+
+    Uses the Ray instance already initialised in this process if there is one (tests),
+    else connects or starts one (and shuts a local one down at the end)."""
     import ray
 
     from gapray.controller import Controller, resolve_out_dir
-    from gapray.placement import ResourceError, check_resources, connect_ray
-    from gapray.storage import CorruptCheckpointError, RunDir
+    from gapray.placement import check_resources, connect_ray
+    from gapray.storage import RunDir
 
     run = RunDir(resolve_out_dir(cfg))
     where = connect_ray(cfg)
+    roles = None
     try:
         check_resources(cfg, ray.cluster_resources())
         roles = build_roles(cfg)
@@ -136,20 +144,33 @@ def main(argv: list[str]) -> int:
             f"gapray run: {run.root} on Ray ({where}), steps {controller.start_step}..{cfg.run.steps}",
             file=sys.stderr,
         )
-        summary = controller.run_loop(progress=_progress(cfg, controller.start_step))
-    except (ResourceError, ConfigError, CorruptCheckpointError) as err:
-        print(f"gapray run: {err}", file=sys.stderr)
-        return 2
+        show = cfg.run.progress if progress is None else progress
+        return controller.run_loop(progress=_progress(cfg, controller.start_step) if show else None)
     finally:
+        if roles is not None:
+            roles.shutdown()
         if where == "local":
             ray.shutdown()
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gapray.placement import ResourceError
+    from gapray.storage import CorruptCheckpointError
+
+    try:
+        summary = execute(parse(argv))
+    except (ConfigError, ResourceError, CorruptCheckpointError) as err:
+        print(f"gapray run: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0
 
 
 def _progress(cfg: Config, start: int):
-    if not cfg.run.progress:
-        return None
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.run.steps, initial=start - 1, desc="self-improve", unit="step", file=sys.stderr)

@@ -15,6 +15,7 @@ commands:
   run [overrides]   the online self-improvement run (local Ray, or the cluster's)
   eval CHECKPOINT   evaluate a model on the toy world (CHECKPOINT: a path, or `toy`)
   toy pretrain      train the toy unified model from scratch
+  bench loop|generation   throughput benchmarks (tables + benchmarks/results/)
   demo              generate, decode and self-judge a few images (smoke run)
 Run `gapray <command> --help` for a command's options."""
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         rest = rest[1:]
     elif cmd == "run":
         from gapray.run import main as run
+    elif cmd == "bench":
+        from gapray.bench import main as run
     elif cmd == "demo":
         from gapray.demo import main as run
     else:

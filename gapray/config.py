@@ -235,9 +235,9 @@ class RunConfig:
     """None, or a run directory (holding config.yaml) to continue from its last checkpoint."""
     progress: bool = True
     """Show a progress line per step on the terminal."""
-    async_staleness: int = 0
-    """Policy versions generation may run ahead of learning (0 = synchronous; the async mode is
-    reserved and not implemented yet)."""
+    threads_per_actor: int | None = None
+    """torch threads in each actor; None = the role's CPU reservation rounded up. The loop's
+    stages run one after another, so on one small machine every actor may use all its cores."""
 
 
 @dataclass
@@ -618,9 +618,9 @@ def validate(cfg: Config) -> None:
         "must be null or a run directory holding config.yaml",
     )
     need(
-        run.async_staleness == 0,
-        "run.async_staleness",
-        "must be 0: only the synchronous mode is implemented (the async mode is reserved)",
+        run.threads_per_actor is None or run.threads_per_actor >= 1,
+        "run.threads_per_actor",
+        "must be >= 1 (or null for the role's CPUs)",
     )
     # combinations
     if ln.algorithm == "dpo":

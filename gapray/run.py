@@ -39,8 +39,8 @@ class Roles:
             remove_placement_group(pg)
 
 
-def _threads(cpus: float) -> int:
-    return max(1, math.ceil(cpus))
+def _threads(cfg: Config, cpus: float) -> int:
+    return cfg.run.threads_per_actor or max(1, math.ceil(cpus))
 
 
 def build_roles(cfg: Config) -> Roles:
@@ -65,13 +65,15 @@ def build_roles(cfg: Config) -> Roles:
         return (
             ray.remote(GenerationWorker)
             .options(**opts)
-            .remote(m, g, _threads(g.cpus_per_worker), lora_scaling)
+            .remote(m, g, _threads(cfg, g.cpus_per_worker), lora_scaling)
         )
 
     def reward_actor(i: int):
         opts = actor_options(places["reward"][i], r.cpus_per_worker, r.gpus_per_worker)
         return (
-            ray.remote(RewardWorker).options(**opts).remote(m, r, _threads(r.cpus_per_worker), lora_scaling)
+            ray.remote(RewardWorker)
+            .options(**opts)
+            .remote(m, r, _threads(cfg, r.cpus_per_worker), lora_scaling)
         )
 
     generation = WorkerPool("generation", gen_actor, g.num_workers)
@@ -85,7 +87,7 @@ def build_roles(cfg: Config) -> Roles:
     learners = [
         ray.remote(LearnerWorker)
         .options(**actor_options(places["learner"][k], ln.cpus_per_rank, ln.gpus_per_rank))
-        .remote(m, ln, k, ln.num_ranks, master, cfg.run.seed, _threads(ln.cpus_per_rank))
+        .remote(m, ln, k, ln.num_ranks, master, cfg.run.seed, _threads(cfg, ln.cpus_per_rank))
         for k in range(ln.num_ranks)
     ]
     group = LearnerGroup(learners)

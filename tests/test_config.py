@@ -185,7 +185,7 @@ def test_out_of_range_override():
         ("curriculum.ema", 0.0),
         ("run.placement", "spread"),
         ("run.eval_limit", 0),
-        ("run.async_staleness", 1),
+        ("run.threads_per_actor", 0),
     ],
 )
 def test_out_of_range(base: dict, key: str, value: object):

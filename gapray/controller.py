@@ -32,12 +32,23 @@ import numpy as np
 from gapray.algos.curriculum import make_curriculum
 from gapray.algos.pairs import build_pairs, select_sft
 from gapray.config import TOY_PROMPTS, Config, to_dict
-from gapray.storage import RunDir
+from gapray.storage import CorruptCheckpointError, RunDir
 from gapray.types import Prompt
-from gapray.workers.rollout import Rollouts, Scores, generate_rollouts, score_rollouts
+from gapray.workers.rollout import Rollouts, Scores, WorkerError, generate_rollouts, score_rollouts
 from gapray.workers.sync import WeightSync
 
 log = logging.getLogger(__name__)
+
+
+class RunStopped(RuntimeError):
+    """The run cannot go on (a learner rank died, NaN/inf losses, a worker error); what was
+    written stays valid and the message says how to resume."""
+
+
+class ResumeError(RuntimeError):
+    """`resume=RUN_DIR` cannot continue as asked (e.g. the newest checkpoint is corrupt)."""
+
+
 EVAL_KEYS = ("geneval_overall", "non_unification", "understanding_accuracy", "judge_balanced_accuracy")
 
 
@@ -71,12 +82,12 @@ class Timer:
 class Controller:
     """Drives the roles; holds no model itself."""
 
-    def __init__(self, cfg: Config, run: RunDir, roles):
+    def __init__(self, cfg: Config, run: RunDir, roles, prompts: list[Prompt] | None = None):
         self.cfg, self.run, self.roles = cfg, run, roles
         c = cfg.curriculum
         self.curriculum = make_curriculum(
             c.kind,
-            load_prompt_set(c.prompts),
+            load_prompt_set(c.prompts) if prompts is None else prompts,
             c.prompts_per_step,
             cfg.run.seed,
             **_curriculum_kwargs(c),
@@ -106,11 +117,7 @@ class Controller:
                 learn = self.roles.learner.update(batch) if len(batch["prompts"]) else {"rows": 0.0}
             self.curriculum.observe(step, _pass_counts(samples, scored))
             with timer.stage("sync"):
-                sync = (
-                    self.sync.push(self.roles.learner, self.sync_targets)
-                    if learn.get("optimizer_steps")
-                    else None
-                )
+                sync = self.push() if learn.get("optimizer_steps") else None
         self.run.log_rollouts(step, _rollout_columns(step, samples, scored))
         row = {
             "step": step,
@@ -128,6 +135,37 @@ class Controller:
             **(sync.as_metrics() if sync else {}),
         }
         return row
+
+    def push(self):
+        """Weight sync; a generation/reward worker that dies during it is replaced and loaded
+        (the pool keeps the pushed refs), so the version still advances exactly once."""
+        from ray.exceptions import RayActorError
+
+        try:
+            return self.sync.push(self.roles.learner, self.sync_targets)
+        except RayActorError as err:
+            if self._dead_learner(err) is not None:
+                raise
+            for pool in self.sync_targets:
+                pool.heal()
+            self.sync.version += 1
+            return None
+
+    def _dead_learner(self, err: BaseException) -> int | None:
+        """The rank of the learner actor `err` is about, or of any learner that no longer answers."""
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        actors = self.roles.learner.actors
+        ids = [a._actor_id.hex() for a in actors]
+        if isinstance(err, RayActorError) and getattr(err, "actor_id", None) in ids:
+            return ids.index(err.actor_id)
+        for rank, a in enumerate(actors):  # e.g. a surviving rank's all_reduce failed first
+            try:
+                ray.get(a.ready.remote(), timeout=30)
+            except (RayError, TimeoutError):
+                return rank
+        return None
 
     def make_batch(self, samples: Rollouts, scored: Scores) -> tuple[dict, dict]:
         cfg = self.cfg
@@ -171,7 +209,10 @@ class Controller:
 
     # ------------------------------------------------------------------------------- the loop
     def resume(self) -> None:
-        path = self.run.latest_checkpoint()  # raises CorruptCheckpointError naming the file
+        try:
+            path = self.run.latest_checkpoint()
+        except CorruptCheckpointError as err:
+            raise ResumeError(_corrupt_message(err, self.run.root)) from None
         if path is None:
             log.info("resume: no checkpoint in %s; starting at step 1", self.run.root)
             return
@@ -199,7 +240,7 @@ class Controller:
             self.run.log_metrics(0, {"step": 0, "version": 0, **_eval_cols(self.evaluate(0))})
         bad = 0
         for step in range(self.start_step, r.steps + 1):
-            row = self.step(step)
+            row = self._guarded_step(step)
             bad = int(row.get("bad_steps_in_a_row", 0))
             if step % r.eval_every == 0 or step == r.steps:
                 row.update(_eval_cols(self.evaluate(step)))
@@ -209,11 +250,41 @@ class Controller:
             if progress is not None:
                 progress(step, row)
             if bad >= self.cfg.learner.max_bad_steps:
-                raise FloatingPointError(
-                    f"step {step}: {bad} optimizer steps in a row had a NaN/inf loss or gradient "
-                    f"(learner.max_bad_steps={self.cfg.learner.max_bad_steps}); stopping"
+                raise RunStopped(
+                    f"step {step}: {bad} optimizer steps in a row had a NaN/inf loss or gradient and were "
+                    f"skipped (learner.max_bad_steps={self.cfg.learner.max_bad_steps}); stopping. "
+                    f"{self._resume_hint('e.g. with a lower learner.lr')}"
                 )
         return self.finish()
+
+    def _guarded_step(self, step: int) -> dict:
+        """One step; a dead learner rank or a worker error stops the run with a resume hint."""
+        from ray.exceptions import RayError
+
+        try:
+            return self.step(step)
+        except WorkerError as err:
+            raise RunStopped(
+                f"step {step}: {err}. Nothing of step {step} was written. {self._resume_hint()}"
+            ) from None
+        except RayError as err:
+            rank = self._dead_learner(err)
+            if rank is None:
+                raise
+            raise RunStopped(
+                f"step {step}: learner rank {rank} died ({type(err).__name__}); the run stops. "
+                f"{self._resume_hint()}"
+            ) from None
+
+    def _resume_hint(self, how: str = "") -> str:
+        ckpts = self.run.list_checkpoints()
+        last = (
+            f"its last checkpoint is {ckpts[-1].relative_to(self.run.root)}"
+            if ckpts
+            else "it has no checkpoint"
+        )
+        extra = f" ({how})" if how else ""
+        return f"Steps logged so far stay in {self.run.root}; {last}. Resume with: gapray run resume={self.run.root}{extra}"
 
     def finish(self) -> dict:
         from gapray.plots import plot_curves
@@ -232,6 +303,18 @@ class Controller:
         }
         self.run.write_summary(summary)
         return summary
+
+
+def _corrupt_message(err: CorruptCheckpointError, root: Path) -> str:
+    bad = err.path
+    msg = f"corrupt checkpoint {bad}: {err.file}: {err.reason}."
+    if err.previous_good is None:
+        return msg + f" No earlier checkpoint verifies; move {bad} aside to restart {root} from step 1."
+    aside = bad.with_name(f"corrupt-{bad.name}")
+    return (
+        f"{msg} The previous good checkpoint is {err.previous_good.name}; to resume from it, move the "
+        f"corrupt one aside (mv {bad} {aside}) and run again: gapray run resume={root}"
+    )
 
 
 def _delta(a, b):

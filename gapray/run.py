@@ -17,6 +17,7 @@ import logging
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from gapray.config import Config, ConfigError, from_run_dir, load_config
 
@@ -122,24 +123,40 @@ def parse(argv: list[str]) -> Config:
     return load_config(rest)
 
 
+def preflight(cfg: Config) -> list:
+    """Checks that need no Ray and no actor: the prompt set parses (file and line named) and
+    a checkpoint directory looks like one. Returns the prompts."""
+    from gapray.config import BUILTIN_MODELS
+    from gapray.controller import load_prompt_set
+    from gapray.models.janus import check_checkpoint_dir
+
+    if cfg.model.name not in BUILTIN_MODELS:
+        check_checkpoint_dir(Path(cfg.model.name))  # CheckpointError naming what is missing
+    return load_prompt_set(cfg.curriculum.prompts)
+
+
 def execute(cfg: Config, progress: bool | None = None) -> dict:
     """Run (or resume) the loop described by a validated config; returns the summary.
 
     Uses the Ray instance already initialised in this process if there is one (tests),
-    else connects or starts one (and shuts a local one down at the end)."""
+    else connects or starts one (and shuts a local one down at the end). Nothing is written
+    before the prompts, the model path, the cluster's resources and every actor's start-up
+    have passed."""
     import ray
 
     from gapray.controller import Controller, resolve_out_dir
     from gapray.placement import check_resources, connect_ray
     from gapray.storage import RunDir
 
-    run = RunDir(resolve_out_dir(cfg))
+    prompts = preflight(cfg)
+    out_dir = resolve_out_dir(cfg)
     where = connect_ray(cfg)
     roles = None
     try:
         check_resources(cfg, ray.cluster_resources())
         roles = build_roles(cfg)
-        controller = Controller(cfg, run, roles)
+        run = RunDir(out_dir)
+        controller = Controller(cfg, run, roles, prompts)
         if cfg.run.resume:
             controller.resume()
         print(
@@ -160,14 +177,31 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gapray.controller import ResumeError, RunStopped
+    from gapray.data.prompts import PromptFileError
+    from gapray.models import CheckpointError
     from gapray.placement import ResourceError
     from gapray.storage import CorruptCheckpointError
+    from gapray.workers.rollout import WorkerError
 
     try:
         summary = execute(parse(argv))
-    except (ConfigError, ResourceError, CorruptCheckpointError) as err:
+    except (
+        ConfigError,
+        ResourceError,
+        CorruptCheckpointError,
+        ResumeError,
+        PromptFileError,
+        CheckpointError,
+        WorkerError,
+    ) as err:
+        # Bad input, found before the loop started: nothing was written.
         print(f"gapray run: {err}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        # Stopped mid-run: the steps and checkpoints written so far stay valid.
+        print(f"gapray run: {err}", file=sys.stderr)
+        return 1
     print(json.dumps(summary))
     return 0
 

@@ -113,13 +113,15 @@ class JanusAdapter:
         if p.exists() and not p.is_dir():
             raise CheckpointError(f"model path {path}: is a file, expected a checkpoint directory")
         if local or p.exists():
-            _check_checkpoint_dir(p)
+            check_checkpoint_dir(p)
         try:
             model = JanusForConditionalGeneration.from_pretrained(str(path), dtype=dtype).to(device)
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             image_processor = JanusImageProcessorPil.from_pretrained(str(path))
-        except (OSError, ValueError, KeyError) as err:
-            raise CheckpointError(f"model path {path}: cannot load a Janus checkpoint: {err}") from err
+        except Exception as err:  # any loader failure (OSError, SafetensorError, ...) is the path's fault
+            raise CheckpointError(
+                f"model path {path}: cannot load a Janus checkpoint: {type(err).__name__}: {err}"
+            ) from err
         model.eval()
         processor = JanusProcessor(
             image_processor, tokenizer, num_image_tokens=model.config.vision_config.num_image_tokens
@@ -447,7 +449,7 @@ class JanusAdapter:
         return Judgement(p_yes=p_yes, decision=p_yes > self.threshold)
 
 
-def _check_checkpoint_dir(p: Path) -> None:
+def check_checkpoint_dir(p: Path) -> None:
     if not p.exists():
         raise CheckpointError(f"model path {p}: does not exist")
     if not (p / "config.json").is_file():

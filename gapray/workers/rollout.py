@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,25 @@ import torch
 from gapray.workers.sync import LoraMergeState, apply_update
 
 log = logging.getLogger(__name__)
+
+
+class WorkerError(RuntimeError):
+    """A worker could not start, or raised on its share of a step (bad model path, tokens the
+    judge cannot decode, ...): not a crash to retry. The message names the pool, worker and rows."""
+
+
+def describe(err: BaseException) -> str:
+    """The user-facing cause of a Ray error: the original exception's type and message."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    msg = str(getattr(err, "error_msg", "") or err)
+    # An actor whose __init__ raised: the traceback's last "SomeError: message" line.
+    lines = [ln.strip() for ln in msg.splitlines() if re.match(r"^\s*[\w.]+(Error|Exception): ", ln)]
+    if not lines:
+        return msg.splitlines()[0] if msg else type(err).__name__
+    # "gapray.models.janus.CheckpointError: ..." -> "CheckpointError: ..."
+    return re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", lines[-1])
 
 
 @dataclass(frozen=True)
@@ -159,9 +179,14 @@ class WorkerPool:
 
     def start(self) -> None:
         import ray
+        from ray.exceptions import RayError
 
         self.actors = [self.make_actor(i) for i in range(self.size)]
-        ray.get([a.ready.remote() for a in self.actors])
+        for i, a in enumerate(self.actors):
+            try:
+                ray.get(a.ready.remote())
+            except RayError as err:
+                raise WorkerError(f"{self.name} worker {i} failed to start: {describe(err)}") from None
 
     def load_weights_async(self, version: int, refs: list) -> list:
         self.current = (version, refs)
@@ -182,26 +207,48 @@ class WorkerPool:
         with contextlib.suppress(Exception):  # already gone
             ray.kill(self.actors[i])
         self.actors[i] = self.make_actor(i)
-        ray.get(self.actors[i].ready.remote())
+        try:
+            ray.get(self.actors[i].ready.remote())
+        except ray.exceptions.RayError as e:
+            raise WorkerError(
+                f"{self.name} worker {i}: the replacement failed to start: {describe(e)}"
+            ) from None
         if self.current is not None:
             ray.get(self.actors[i].load_weights.remote(*self.current))
+
+    def heal(self) -> None:
+        """Replace dead workers and bring every worker to the last pushed version (after a
+        worker died during a weight sync)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        for i, actor in enumerate(self.actors):
+            try:
+                held = ray.get(actor.get_version.remote())
+            except RayActorError as err:
+                self._replace(i, err)
+                continue
+            if self.current is not None and held != self.current[0]:
+                ray.get(actor.load_weights.remote(*self.current))
 
     def call_one(self, method: str, *args, **kwargs):
         """Call `method` on worker 0 (e.g. an evaluation), replacing it if it dies."""
         import ray
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
         while True:
             try:
                 return ray.get(getattr(self.actors[0], method).remote(*args, **kwargs))
             except (RayActorError, ActorDiedError, ActorUnavailableError) as err:
                 self._replace(0, err)
+            except RayTaskError as err:
+                raise WorkerError(f"{self.name} worker 0 failed in {method}: {describe(err)}") from None
 
     def map_shares(self, method: str, n_rows: int, args_for) -> list:
         """Call `method` on each worker with args_for(share slice); a worker that dies is
         replaced and its share retried. Results come back in share order."""
         import ray
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
         parts = shares(n_rows, len(self.actors))
         pending = {i: getattr(self.actors[i], method).remote(*args_for(s)) for i, s in enumerate(parts)}
@@ -214,6 +261,11 @@ class WorkerPool:
             except (RayActorError, ActorDiedError, ActorUnavailableError) as err:
                 self._replace(i, err)
                 pending[i] = getattr(self.actors[i], method).remote(*args_for(parts[i]))
+            except RayTaskError as err:
+                s = parts[i]
+                raise WorkerError(
+                    f"{self.name} worker {i} failed in {method} on rows {s.start}..{s.stop - 1}: {describe(err)}"
+                ) from None
         return [results[i] for i in range(len(parts))]
 
 

@@ -1,0 +1,265 @@
+"""Stage 2 of the toy recipe: train the Janus LLM, vision encoder and generation head together.
+
+Where it sits: `gapray toy pretrain` (gapray/toy/pretrain.py) runs this after the VQ stage. One
+step draws an understanding batch and a generation batch from the toy world's train prompts
+and sums three losses, each through the same prompt formats the adapter uses at run time:
+
+- patch loss: at every image-placeholder position of the judge prompt the LM head must name
+  the content of that cell, a two-hot target (colour word + shape word, or "no" for an empty
+  cell). This is what breaks the understanding plateau: a dense, first-order signal that ties
+  each image token to words before any question-vs-image matching is needed.
+- answer loss: cross-entropy of "yes"/"no" at the last position of the judge prompt
+  (`adapter.judge_template` + `adapter.question`); labels come from GenEval's rules on the
+  scene (`evaluate_image`), so the judge learns the verifier's notion of correct. Scenes are
+  the prompt's own, a near miss's, and either with distractor objects added.
+- generation NLL: teacher-forced image-token log-probs (as `image_logits`), with CFG dropout:
+  a share of rows use Janus's unconditional prompt (all tokens but <bos> and <begin_of_image>
+  replaced by pad) so CFG sampling works.
+
+    stats = lm_step(adapter, und_batch, gen_batch, weights)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gapray.eval.geneval import evaluate_image
+from gapray.models.janus import JanusAdapter
+from gapray.toy.detector import scene_detections
+from gapray.toy.pretrain_vq import cell_codes, to_pixels
+from gapray.toy.render import render
+from gapray.toy.world import COLORS, GRID, SHAPES, Scene, ToyObject, make_splits, near_miss, sample_scene
+from gapray.types import GENEVAL_TAGS, Prompt
+
+
+@dataclass
+class UndBatch:
+    """An understanding batch: judge-format inputs, per-patch targets and yes/no labels."""
+
+    input_ids: torch.Tensor  # (B, L) left-padded, 16 image placeholders per row
+    attention_mask: torch.Tensor  # (B, L)
+    pixel_values: torch.Tensor  # (B, 3, 32, 32)
+    patch_targets: torch.Tensor  # (B, 16, 2) word ids (colour, shape); ("no", "no") for empty
+    labels: torch.Tensor  # (B,) bool: does the scene satisfy the asked prompt (GenEval rules)
+    tags: list[str]
+
+    def to(self, device: torch.device | str) -> UndBatch:
+        t = [
+            x.to(device) for x in (self.input_ids, self.attention_mask, self.pixel_values, self.patch_targets)
+        ]
+        return UndBatch(*t, self.labels.to(device), self.tags)
+
+
+def by_tag(prompts: list[Prompt]) -> dict[str, list[Prompt]]:
+    out: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        out.setdefault(p.tag, []).append(p)
+    return out
+
+
+def draw_prompts(
+    pool: dict[str, list[Prompt]], rng: np.random.Generator, n: int, tag_weights: dict[str, float]
+):
+    """n prompts: a tag by `tag_weights` (uniform over tags present if empty), then a prompt."""
+    tags = [t for t in GENEVAL_TAGS if t in pool and tag_weights.get(t, 1.0) > 0]
+    w = np.array([tag_weights.get(t, 1.0) for t in tags], dtype=float)
+    picks = rng.choice(len(tags), size=n, p=w / w.sum())
+    return [pool[tags[k]][rng.integers(len(pool[tags[k]]))] for k in picks]
+
+
+def add_distractors(scene: Scene, rng: np.random.Generator, k: int) -> Scene:
+    """The scene plus k random objects in free cells."""
+    free = [
+        c for c in range(GRID * GRID) if (c // GRID, c % GRID) not in {(o.row, o.col) for o in scene.objects}
+    ]
+    cells = rng.choice(free, size=min(k, len(free)), replace=False)
+    extra = [
+        ToyObject(
+            SHAPES[rng.integers(len(SHAPES))],
+            COLORS[rng.integers(len(COLORS))],
+            int(c) // GRID,
+            int(c) % GRID,
+        )
+        for c in cells
+    ]
+    return Scene(tuple(sorted([*scene.objects, *extra], key=lambda o: (o.row, o.col))))
+
+
+def colour_near_miss(prompt: Prompt, rng: np.random.Generator, tries: int = 12) -> Prompt:
+    """A near miss that changes a colour (when the prompt has one; else any near miss)."""
+    words = set(prompt.text.split())
+    for _ in range(tries):
+        nm = near_miss(prompt, rng)
+        if (set(nm.text.split()) ^ words) & set(COLORS):
+            return nm
+    return nm
+
+
+def question_scene(
+    prompt: Prompt, rng: np.random.Generator, distractor_p: float, colour_neg_p: float = 0.0
+) -> tuple[Scene, bool]:
+    """A scene to ask `prompt` about: the prompt's own or a near miss's (half each), with 1-2
+    distractor objects at rate distractor_p; the label is GenEval's verdict on it. For prompts
+    with colours, colour_neg_p of the near misses are colour changes: near_miss draws shape and
+    colour changes evenly, and the judge learned shape checks long before colour checks."""
+    if rng.random() < 0.5:
+        src = prompt
+    elif any(o.color for o in prompt.include) and rng.random() < colour_neg_p:
+        src = colour_near_miss(prompt, rng)
+    else:
+        src = near_miss(prompt, rng)
+    scene = sample_scene(src, rng)
+    if rng.random() < distractor_p:
+        scene = add_distractors(scene, rng, int(rng.integers(1, 3)))
+    ok, _ = evaluate_image(prompt, scene_detections(scene))
+    return scene, ok
+
+
+def und_batch(
+    adapter: JanusAdapter,
+    prompts: list[Prompt],
+    rng: np.random.Generator,
+    distractor_p: float,
+    colour_neg_p: float = 0.0,
+) -> UndBatch:
+    scenes, labels = zip(*(question_scene(p, rng, distractor_p, colour_neg_p) for p in prompts), strict=True)
+    q = adapter.question
+    texts = [adapter.judge_template.format(question=q.format(prompt=p.text)) for p in prompts]
+    # The processor expands <image_placeholder> exactly as judge() does; pixels come straight from
+    # the renderer (the processor's 32 px resize and 0.5/0.5 normalisation are the identity + affine).
+    enc = adapter.tokenizer(
+        [t.replace("<image_placeholder>", _image_span(adapter)) for t in texts],
+        padding=True,
+        return_tensors="pt",
+    )
+    return UndBatch(
+        enc["input_ids"],
+        enc["attention_mask"],
+        to_pixels(list(scenes)),
+        patch_words(adapter, list(scenes)),
+        torch.tensor(labels),
+        [p.tag for p in prompts],
+    )
+
+
+def _image_span(adapter: JanusAdapter) -> str:
+    tok = adapter.tokenizer
+    return tok.boi_token + tok.image_token * adapter.num_image_tokens + tok.eoi_token
+
+
+def patch_words(adapter: JanusAdapter, scenes: list[Scene]) -> torch.Tensor:
+    """(B, 16, 2) word ids of each cell's colour and shape, raster order; "no" twice if empty."""
+    vocab = adapter.tokenizer.get_vocab()
+    no = vocab["no"]
+    out = torch.full((len(scenes), GRID * GRID, 2), no, dtype=torch.long)
+    for b, s in enumerate(scenes):
+        for o in s.objects:
+            out[b, o.row * GRID + o.col] = torch.tensor([vocab[o.color], vocab[o.shape]])
+    return out
+
+
+def und_losses(adapter: JanusAdapter, batch: UndBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(patch loss, answer loss, (B,) P(yes)) on one understanding batch."""
+    model = adapter.model
+    mask = batch.attention_mask
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=mask,
+        position_ids=adapter._positions(mask),
+        pixel_values=batch.pixel_values.to(model.dtype),
+    )
+    logp = F.log_softmax(out.logits.float(), dim=-1)  # (B, L, V)
+    img = batch.input_ids == model.config.image_token_id  # (B, L), 16 True per row, raster order
+    patch_logp = logp[img].view(len(batch.labels), -1, logp.shape[-1])  # (B, 16, V)
+    patch = -patch_logp.gather(-1, batch.patch_targets).mean()  # two-hot: mean over (colour, shape)
+    last = logp[:, -1]  # (B, V) next-token distribution after "<|Assistant|>:"
+    yes = last[:, adapter.yes_ids].logsumexp(-1)
+    no = last[:, adapter.no_ids].logsumexp(-1)
+    target = torch.where(batch.labels, yes, no)
+    answer = -target.mean()  # full-vocabulary CE on the right answer word(s)
+    return patch, answer, torch.sigmoid(yes - no).detach()
+
+
+def gen_batch(prompts: list[Prompt], rng: np.random.Generator) -> tuple[list[str], torch.Tensor]:
+    """Prompt texts and (B, 16) target image tokens of one scene of each prompt."""
+    scenes = [sample_scene(p, rng) for p in prompts]
+    return [p.text for p in prompts], cell_codes(scenes)
+
+
+def gen_nll(
+    adapter: JanusAdapter, texts: list[str], tokens: torch.Tensor, drop: torch.Tensor
+) -> torch.Tensor:
+    """Mean per-token NLL of `tokens` (B, 16); rows where drop (B,) is True see the unconditional
+    prompt (the adapter's CFG row), the rest the conditional one. Same embedding, positions and
+    head as `JanusAdapter.image_logits`."""
+    model = adapter.model
+    ids, mask = adapter._encode_gen_prompts(texts, True)  # (2B, L): cond rows, then uncond rows
+    B, L = len(texts), ids.shape[1]
+    rows = torch.arange(B, device=drop.device) + B * drop.long()
+    ids, mask = ids[rows], mask[rows]  # (B, L)
+    embeds = torch.cat(
+        [model.get_input_embeddings()(ids), model.prepare_embeddings_for_image_generation(tokens[:, :-1])],
+        dim=1,
+    )  # (B, L+15, D)
+    full = torch.cat([mask, mask.new_ones(B, tokens.shape[1] - 1)], dim=1)
+    h = model.model.language_model(
+        inputs_embeds=embeds, attention_mask=full, position_ids=adapter._positions(full)
+    ).last_hidden_state  # (B, L+15, D)
+    logits = model.model.generation_head(h[:, L - 1 :])  # (B, 16, K)
+    return F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten())
+
+
+@torch.no_grad()
+def quick_understanding(adapter: JanusAdapter, prompts: list[Prompt], seed: int = 0, n: int = 96) -> dict:
+    """Balanced yes/no accuracy through `adapter.judge` on rendered scenes of `prompts` (prompt: yes,
+    a near miss: no), like toy_eval's understanding metric but on a seeded subset. Per tag too."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(prompts), size=min(n, len(prompts)), replace=False)
+    images, texts, answers, tags = [], [], [], []
+    for i in idx:
+        p = prompts[i]
+        im = render(sample_scene(p, rng))
+        images += [im, im]
+        texts += [p.text, near_miss(p, rng).text]
+        answers += [True, False]
+        tags += [p.tag, p.tag]
+    dec = adapter.judge(images, texts).decision.tolist()
+    hits = [a == d for a, d in zip(answers, dec, strict=True)]
+    per = {
+        t: float(np.mean([h for h, tt in zip(hits, tags, strict=True) if tt == t]))
+        for t in dict.fromkeys(tags)
+    }
+    return {"acc": float(np.mean(hits)), "per_tag": per}
+
+
+@torch.no_grad()
+def patch_accuracy(adapter: JanusAdapter, scenes: list[Scene]) -> float:
+    """Share of object cells whose image-token LM-head output ranks the cell's colour and shape
+    words as its top two (the per-patch readout the patch loss trains); chance is ~2/V^2."""
+    # Any question will do: only the image-token positions are read (they precede the text).
+    prompts = [make_splits(0)["train"][0]] * len(scenes)
+    batch = und_batch(adapter, prompts, np.random.default_rng(0), 0.0)
+    batch = UndBatch(
+        batch.input_ids,
+        batch.attention_mask,
+        to_pixels(scenes),
+        patch_words(adapter, scenes),
+        batch.labels,
+        batch.tags,
+    ).to(adapter.device)
+    model = adapter.model
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=adapter._positions(batch.attention_mask),
+        pixel_values=batch.pixel_values.to(model.dtype),
+    )
+    img = batch.input_ids == model.config.image_token_id
+    top2 = out.logits[img].view(len(scenes), -1, out.logits.shape[-1]).topk(2, dim=-1).indices  # (B, 16, 2)
+    filled = batch.patch_targets[..., 0] != adapter.tokenizer.convert_tokens_to_ids("no")  # (B, 16)
+    hit = (top2.sort(-1).values == batch.patch_targets.sort(-1).values).all(-1)  # (B, 16)
+    return float(hit[filled].float().mean())

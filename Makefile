@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/gapray demo
+	$(VENV)/bin/gapray run
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -34,7 +34,14 @@ from gapray.algos.pairs import build_pairs, select_sft
 from gapray.config import TOY_PROMPTS, Config, to_dict
 from gapray.storage import CorruptCheckpointError, RunDir
 from gapray.types import Prompt
-from gapray.workers.rollout import Rollouts, Scores, WorkerError, generate_rollouts, score_rollouts
+from gapray.workers.rollout import (
+    Rollouts,
+    Scores,
+    WorkerError,
+    generate_rollouts,
+    guidance,
+    score_rollouts,
+)
 from gapray.workers.sync import WeightSync
 
 log = logging.getLogger(__name__)
@@ -200,7 +207,7 @@ class Controller:
             str(out),
             images_per_prompt=r.eval_images_per_prompt,
             limit=r.eval_limit,
-            cfg_scale=self.cfg.generation.cfg_scale,
+            cfg_scale=guidance(self.cfg.generation.cfg_scale),
             temperature=self.cfg.generation.temperature,
             seed=r.seed,
         )

@@ -56,10 +56,6 @@ def build_roles(cfg: Config) -> Roles:
     m = cfg.model
     lora_scaling = m.lora_alpha / m.lora_rank if m.trainable == "lora" else 1.0
     g, r, ln = cfg.generation, cfg.reward, cfg.learner
-    if g.backend != "hf":
-        raise ConfigError(
-            f"generation.backend={g.backend!r}: only the 'hf' backend is built so far", ["generation.backend"]
-        )
 
     def gen_actor(i: int):
         opts = actor_options(places["generation"][i], g.cpus_per_worker, g.gpus_per_worker)

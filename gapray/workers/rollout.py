@@ -69,6 +69,12 @@ class Scores:
     versions: np.ndarray  # (N,) int: judge weights' version (0 = frozen initial)
 
 
+def guidance(cfg_scale: float) -> float | None:
+    """Config's CFG weight -> the adapter's: a weight of 1 is the conditional distribution
+    itself, so no unconditional rows are run."""
+    return None if cfg_scale == 1 else cfg_scale
+
+
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -115,21 +121,63 @@ class ModelWorker:
 
 
 class GenerationWorker(ModelWorker):
+    """Samples images for the policy. backend "hf": the adapter's own generate; backend "vllm":
+    a vLLM engine running gapray's Janus model on the same checkpoint (the adapter is kept for
+    evaluations and follows every update too)."""
+
     def __init__(self, model_cfg, gen_cfg, threads: int = 1, lora_scaling: float = 1.0):
         super().__init__(model_cfg, threads, lora_scaling)
         self.cfg = gen_cfg
+        self.engine = None
+        if gen_cfg.backend == "vllm":
+            from gapray.backends.vllm_worker import VllmJanusEngine
+
+            self.engine = VllmJanusEngine(
+                self._checkpoint_dir(model_cfg),
+                dtype="bfloat16" if self.model.model.dtype == torch.bfloat16 else "float32",
+                max_num_seqs=2 * gen_cfg.batch_size,
+                lora_scaling=lora_scaling,
+            )
+
+    def _checkpoint_dir(self, model_cfg) -> str:
+        """A directory vLLM can load the starting weights from."""
+        from gapray.models import TOY_CHECKPOINT
+
+        if model_cfg.name == "toy":
+            return str(TOY_CHECKPOINT)
+        if model_cfg.name == "tiny":  # built in code: save it once for the engine to read
+            import tempfile
+
+            path = tempfile.mkdtemp(prefix="gapray-tiny-")
+            self.model.save_pretrained(path)
+            return path
+        return model_cfg.name
+
+    def load_weights(self, version: int, bucket_refs: list) -> int:
+        if self.engine is not None:
+            import ray
+
+            tensors = {k: v for b in ray.get(bucket_refs) for k, v in b.items()}
+            self.engine.load_weights(version, tensors)  # raises WeightUpdateError, engine unchanged
+        return super().load_weights(version, bucket_refs)
 
     def generate(self, prompts: list[str], seeds: list[int]) -> tuple[np.ndarray, int]:
         """One image per row (prompts already repeated n times) -> (N, T) int32 tokens and the
         version that made them."""
-        tokens = self.model.generate(
-            prompts,
-            n=1,
-            cfg_scale=self.cfg.cfg_scale,
-            temperature=self.cfg.temperature,
-            seed=list(seeds),
-            batch_size=self.cfg.batch_size,
-        )
+        cfg_scale = guidance(self.cfg.cfg_scale)
+        if self.engine is not None:
+            tokens = self.engine.generate(
+                list(prompts), list(seeds), cfg_scale=cfg_scale, temperature=self.cfg.temperature
+            )
+        else:
+            tokens = self.model.generate(
+                prompts,
+                n=1,
+                cfg_scale=cfg_scale,
+                temperature=self.cfg.temperature,
+                seed=list(seeds),
+                batch_size=self.cfg.batch_size,
+            )
         return tokens.cpu().numpy().astype(np.int32), self.version
 
     def evaluate(self, out_dir: str | None, **kwargs) -> dict:

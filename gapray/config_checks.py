@@ -1,0 +1,169 @@
+"""Config validation: every out-of-range value and incompatible combination, all at once.
+
+Where it sits: `gapray.config` builds a `Config` from YAML and overrides, then calls
+`validate(cfg)` before anything starts; a failure is one `ConfigError` listing each offending
+key with its rule. Kept apart from the schema so each file reads in one sitting.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from gapray.config import BUILTIN_MODELS, SECTIONS, TOY_PROMPTS, Config, ConfigError
+
+
+def validate(cfg: Config) -> None:
+    """Raise `ConfigError` listing every out-of-range value and incompatible combination."""
+    errors: list[tuple[str, str]] = []
+
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            section, _, name = key.partition(".")
+            value = getattr(getattr(cfg, section), name)
+            errors.append((key, f"{key}={value!r}: {rule}"))
+
+    def one_of(key: str, *choices: str) -> None:
+        need(_get(cfg, key) in choices, key, "must be one of " + ", ".join(repr(c) for c in choices))
+
+    m, g, r, p, ln, s, c, run = (getattr(cfg, k) for k in SECTIONS)
+    # model
+    need(
+        m.name in BUILTIN_MODELS or Path(m.name).is_dir(),
+        "model.name",
+        "must be 'toy', 'tiny' or an existing checkpoint directory",
+    )
+    one_of("model.dtype", "float32", "bfloat16", "auto")
+    one_of("model.trainable", "llm", "all", "lora")
+    need(m.lora_rank >= 1, "model.lora_rank", "must be >= 1")
+    need(m.lora_alpha > 0, "model.lora_alpha", "must be > 0")
+    # resources
+    for sec, count, cpus, gpus in (
+        ("generation", "num_workers", "cpus_per_worker", "gpus_per_worker"),
+        ("reward", "num_workers", "cpus_per_worker", "gpus_per_worker"),
+        ("learner", "num_ranks", "cpus_per_rank", "gpus_per_rank"),
+    ):
+        need(_get(cfg, f"{sec}.{count}") >= 1, f"{sec}.{count}", "must be >= 1")
+        need(_get(cfg, f"{sec}.{cpus}") > 0, f"{sec}.{cpus}", "must be > 0")
+        gp = _get(cfg, f"{sec}.{gpus}")
+        need(gp >= 0 and (gp <= 1 or gp == int(gp)), f"{sec}.{gpus}", "must be >= 0; a fraction only below 1")
+    # generation
+    one_of("generation.backend", "hf", "vllm")
+    need(g.images_per_prompt >= 1, "generation.images_per_prompt", "must be >= 1")
+    need(g.cfg_scale >= 1, "generation.cfg_scale", "must be >= 1 (1 = no guidance)")
+    need(g.temperature > 0, "generation.temperature", "must be > 0")
+    need(g.batch_size >= 1, "generation.batch_size", "must be >= 1")
+    # reward
+    need(0 < r.threshold < 1, "reward.threshold", "must be in (0, 1)")
+    need(r.batch_size >= 1, "reward.batch_size", "must be >= 1")
+    need(_formats_with_prompt(r.question), "reward.question", "must contain {prompt} and no other {field}")
+    # pairs
+    one_of("pairs.rule", "paper", "best_worst")
+    need(0 <= p.min_margin < 1, "pairs.min_margin", "must be in [0, 1)")
+    need(0 <= p.min_chosen <= 1, "pairs.min_chosen", "must be in [0, 1]")
+    need(p.pairs_per_prompt >= 1, "pairs.pairs_per_prompt", "must be >= 1")
+    # learner
+    one_of("learner.algorithm", "dpo", "sft")
+    one_of("learner.loss", "sigmoid", "ipo", "hinge")
+    one_of("learner.reference", "initial", "none")
+    need(ln.beta > 0, "learner.beta", "must be > 0")
+    need(ln.nll_weight >= 0, "learner.nll_weight", "must be >= 0")
+    need(0 <= ln.label_smoothing < 0.5, "learner.label_smoothing", "must be in [0, 0.5)")
+    need(ln.lr > 0, "learner.lr", "must be > 0")
+    need(ln.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
+    need(
+        len(ln.betas) == 2 and all(0 <= b < 1 for b in ln.betas),
+        "learner.betas",
+        "must be two values in [0, 1)",
+    )
+    need(ln.max_grad_norm > 0, "learner.max_grad_norm", "must be > 0")
+    need(ln.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")
+    need(ln.grad_accum >= 1, "learner.grad_accum", "must be >= 1")
+    need(
+        ln.logprob_cfg_scale is None or ln.logprob_cfg_scale >= 1,
+        "learner.logprob_cfg_scale",
+        "must be null (conditional) or >= 1",
+    )
+    need(ln.max_bad_steps >= 1, "learner.max_bad_steps", "must be >= 1")
+    # sync
+    need(s.bucket_mb > 0, "sync.bucket_mb", "must be > 0")
+    # curriculum
+    one_of("curriculum.kind", "uniform", "replay", "band")
+    need(c.prompts_per_step >= 1, "curriculum.prompts_per_step", "must be >= 1")
+    need(c.replay_every >= 1, "curriculum.replay_every", "must be >= 1")
+    need(0 <= c.replay_fraction <= 1, "curriculum.replay_fraction", "must be in [0, 1]")
+    need(0 <= c.band_low <= 1, "curriculum.band_low", "must be in [0, 1]")
+    need(0 <= c.band_high <= 1, "curriculum.band_high", "must be in [0, 1]")
+    need(c.band_low < c.band_high, "curriculum.band_high", f"must be > curriculum.band_low={c.band_low!r}")
+    need(0 < c.ema <= 1, "curriculum.ema", "must be in (0, 1]")
+    need(0 <= c.explore <= 1, "curriculum.explore", "must be in [0, 1]")
+    prompts_error = _prompts_error(c.prompts)
+    need(prompts_error is None, "curriculum.prompts", prompts_error or "")
+    # run
+    need(run.steps >= 1, "run.steps", "must be >= 1")
+    need(bool(run.out_dir.strip()), "run.out_dir", "must not be empty")
+    one_of("run.placement", "colocate", "split")
+    need(run.ray_address is None or bool(run.ray_address.strip()), "run.ray_address", "null or an address")
+    need(run.eval_every >= 0, "run.eval_every", "must be >= 0 (0 = only before and after)")
+    need(run.eval_images_per_prompt >= 1, "run.eval_images_per_prompt", "must be >= 1")
+    need(run.eval_limit is None or run.eval_limit >= 1, "run.eval_limit", "must be null (all) or >= 1")
+    need(run.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0 (0 = only at the end)")
+    need(run.keep_checkpoints >= 0, "run.keep_checkpoints", "must be >= 0 (0 = keep all)")
+    need(
+        run.resume is None or (Path(run.resume) / "config.yaml").is_file(),
+        "run.resume",
+        "must be null or a run directory holding config.yaml",
+    )
+    need(
+        run.threads_per_actor is None or run.threads_per_actor >= 1,
+        "run.threads_per_actor",
+        "must be >= 1 (or null for the role's CPUs)",
+    )
+    # combinations
+    if ln.algorithm == "dpo":
+        need(
+            g.images_per_prompt >= 2,
+            "generation.images_per_prompt",
+            "learner.algorithm=dpo needs >= 2 (a pair is two images of one prompt)",
+        )
+        need(
+            ln.reference != "none", "learner.reference", "learner.algorithm=dpo needs a reference ('initial')"
+        )
+        need(
+            ln.label_smoothing == 0 or ln.loss == "sigmoid",
+            "learner.label_smoothing",
+            f"only loss=sigmoid uses label smoothing (loss={ln.loss!r})",
+        )
+    if errors:
+        keys = list(dict.fromkeys(k for k, _ in errors))
+        lines = "\n  ".join(msg for _, msg in errors)
+        raise ConfigError(f"invalid config:\n  {lines}", keys)
+
+
+def _get(cfg: Config, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _formats_with_prompt(template: str) -> bool:
+    try:
+        return "{prompt}" in template and template.format(prompt="x") is not None
+    except (KeyError, IndexError, ValueError):
+        return False
+
+
+def _prompts_error(prompts: str) -> str | None:
+    """Why `curriculum.prompts` names no prompt set, or None. Files must exist (name in message)."""
+    if prompts == TOY_PROMPTS:
+        return None
+    if Path(prompts).suffix in (".jsonl", ".txt"):
+        return None if Path(prompts).is_file() else f"prompt file {prompts} does not exist"
+    from gapray.data.prompts import builtin_names
+
+    names = [TOY_PROMPTS, *builtin_names()]
+    if prompts in names:
+        return None
+    close = difflib.get_close_matches(prompts, names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"not a prompt set ({', '.join(names[:4])}, t2i_compbench/<category>_<split>) nor a .jsonl/.txt file{hint}"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_RUN
 
 from gapray.config import load_config
 from gapray.models.tiny import tiny_janus
@@ -28,17 +29,7 @@ from gapray.storage import RunDir
 from gapray.workers.rollout import GenerationWorker
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = [
-    "model=tiny",
-    "pairs=best_worst",
-    "pairs.min_chosen=0",
-    "curriculum.prompts_per_step=4",
-    "generation.images_per_prompt=4",
-    "run.eval_limit=4",
-    "run.eval_images_per_prompt=2",
-    "run.eval_every=100",
-    "run.progress=false",
-]
+TINY = [*TINY_RUN, "run.eval_every=100"]
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY_RUN
 
 from gapray.controller import row_seeds
 from gapray.run import main
@@ -30,17 +31,7 @@ from gapray.workers.rollout import GenerationWorker, RewardWorker
 pytestmark = [pytest.mark.ray, pytest.mark.fault, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = [
-    "model=tiny",
-    "pairs=best_worst",
-    "pairs.min_chosen=0",
-    "curriculum.prompts_per_step=4",
-    "generation.images_per_prompt=4",
-    "run.eval_limit=4",
-    "run.eval_images_per_prompt=2",
-    "run.eval_every=100",
-    "run.progress=false",
-]
+TINY = [*TINY_RUN, "run.eval_every=100"]
 ROWS = 4 * 4  # prompts per step x images per prompt
 
 

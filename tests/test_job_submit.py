@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RUN
 
 from gapray.storage import RunDir
 
@@ -30,16 +31,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-TINY = [
-    "model=tiny",
-    "pairs=best_worst",
-    "pairs.min_chosen=0",
-    "curriculum.prompts_per_step=4",
-    "generation.images_per_prompt=4",
-    "run.eval_limit=4",
-    "run.eval_images_per_prompt=2",
-    "run.progress=false",
-]
+TINY = TINY_RUN
 
 
 def free_port() -> int:

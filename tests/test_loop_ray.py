@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import TINY_RUN
 
 from gapray.config import from_run_dir, load_config
 from gapray.run import execute
@@ -16,18 +17,7 @@ from gapray.storage.checkpoints import load_trainer_state
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-# The tiny random model's judge hovers near P(yes) = 0.46 for everything: best-vs-worst pairs
-# with no floor make a pair from every prompt, so every step learns.
-TINY = [
-    "model=tiny",
-    "pairs=best_worst",
-    "pairs.min_chosen=0",
-    "curriculum.prompts_per_step=4",
-    "generation.images_per_prompt=4",
-    "run.eval_limit=4",
-    "run.eval_images_per_prompt=2",
-    "run.progress=false",
-]
+TINY = TINY_RUN  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ commands:
   eval CHECKPOINT   evaluate a model on the toy world (CHECKPOINT: a path, or `toy`)
   toy pretrain      train the toy unified model from scratch
   report RUN_DIR    an HTML report of a run (curves, per-tag table, before/after grids)
-  bench loop|generation   throughput benchmarks (tables + benchmarks/results/)
+  bench loop|generation|paper   benchmarks (tables + benchmarks/results/)
   demo              generate, decode and self-judge a few images (smoke run)
 Run `gapray <command> --help` for a command's options."""
 

@@ -249,10 +249,10 @@ class Controller:
         for step in range(self.start_step, r.steps + 1):
             row = self._guarded_step(step)
             bad = int(row.get("bad_steps_in_a_row", 0))
-            if step % r.eval_every == 0 or step == r.steps:
+            if (r.eval_every and step % r.eval_every == 0) or step == r.steps:  # 0: start and end only
                 row.update(_eval_cols(self.evaluate(step)))
             self.run.log_metrics(step, row)
-            if step % r.checkpoint_every == 0 or step == r.steps:
+            if (r.checkpoint_every and step % r.checkpoint_every == 0) or step == r.steps:
                 self.checkpoint(step)
             if progress is not None:
                 progress(step, row)

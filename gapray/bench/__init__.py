@@ -2,6 +2,8 @@
 benchmarks/results/.
 
     gapray bench loop [options] [overrides]   # pooled (Ray roles) vs sequential (one process)
+    gapray bench generation [options]         # transformers vs vLLM images/s
+    gapray bench paper [options] [overrides]  # the paper's rows on the toy world, over seeds
 
 Each subcommand lives in its own module (`gapray/bench/<name>.py`, with a `main(argv)`);
 `gapray bench <name> --help` shows its options.
@@ -15,6 +17,7 @@ import sys
 SUBCOMMANDS = {
     "loop": "gapray.bench.loop",
     "generation": "gapray.bench.generation",
+    "paper": "gapray.bench.paper",
 }
 
 

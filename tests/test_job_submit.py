@@ -65,6 +65,12 @@ def head():
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            # Free ports for the node's agents too: the defaults (e.g. 52365) are taken when
+            # another Ray instance runs on the machine, and the job agent then never registers.
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
             f"--temp-dir={temp}",
             "--disable-usage-stats",
         ],

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from gapray.config import Config, ConfigError, load_config, to_dict
+from gapray.storage.atomic import atomic_write_text
 from gapray.workers.sync import SyncStats, apply_update, bucket_bytes, trainable_tensors
 
 STAGES = ("generate", "reward", "pairs", "learn", "sync", "step")
@@ -378,8 +379,9 @@ def write(res: dict, out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"loop-{res['model']}-{res['timestamp']}"
     js, md = stem.with_suffix(".json"), stem.with_suffix(".md")
-    js.write_text(json.dumps(res, indent=2, default=_plain) + "\n")
-    md.write_text(markdown(res))
+    # Atomic: the files are rewritten while a bench runs; a kill must not leave half a table.
+    atomic_write_text(js, json.dumps(res, indent=2, default=_plain) + "\n")
+    atomic_write_text(md, markdown(res))
     return js, md
 
 

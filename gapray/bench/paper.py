@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gapray.config import Config, ConfigError, load_config, to_dict
+from gapray.storage.atomic import atomic_write_text
 from gapray.types import GENEVAL_TAGS
 
 
@@ -453,8 +454,9 @@ def write(res: dict, out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"paper-{res['model']}-{res['timestamp']}"
     js, md = stem.with_suffix(".json"), stem.with_suffix(".md")
-    js.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    md.write_text(markdown(res))
+    # Atomic: the files are rewritten while a bench runs; a kill must not leave half a table.
+    atomic_write_text(js, json.dumps(res, indent=2, default=str) + "\n")
+    atomic_write_text(md, markdown(res))
     return js, md
 
 

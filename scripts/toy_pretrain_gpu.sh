@@ -18,6 +18,6 @@ wait
 for spec in "$@"; do
   name=${spec%%:*}
   echo "=== $name: $spec"; tr "\r" "\n" < "/tmp/runs_$name.log" | grep -v -E "^\s*$|Loading|Writing|\[eval\] (understanding|generated)" | tail -60
-  (cd /tmp/runs/$name && tar cf "$OUT/$name.tar" checkpoint eval/results.json 2>/dev/null)
+  (cd /tmp/runs/$name && tar cf "$OUT/$name.tar" checkpoint eval/results.json eval/grid.png 2>/dev/null || tar cf "$OUT/$name-state.tar" state.pt)
 done > "$OUT/logs.txt"
 cat "$OUT/logs.txt" | grep -E "===|\[vq\] done|test understanding|eval |wrote|Error|error" | tail -60

@@ -169,6 +169,63 @@ def test_dead_learner_stops_cleanly_and_resume_continues(ray_local, fault_dir, t
     check_rollouts_exact(out, 3)
 
 
+class _WaitingRank:
+    """A learner rank stand-in that sits in its update, as a survivor does in a collective."""
+
+    def update(self, batch):
+        time.sleep(600)
+
+
+class _DyingRank:
+    def update(self, batch):
+        os._exit(1)
+
+
+def test_learner_group_raises_on_a_dead_rank_while_another_still_waits(ray_local):
+    from ray.exceptions import RayActorError
+
+    from gapray.workers.learner import LearnerGroup
+
+    waiting = ray_local.remote(num_cpus=0)(_WaitingRank).remote()
+    dying = ray_local.remote(num_cpus=0)(_DyingRank).remote()
+    start = time.monotonic()
+    with pytest.raises(RayActorError):
+        LearnerGroup([waiting, dying]).update({})
+    assert time.monotonic() - start < 120  # not the 600 s the waiting rank would take
+    ray_local.kill(waiting)
+
+
+def test_dead_rank_of_two_stops_the_run_without_waiting_on_the_survivor(
+    ray_local, fault_dir, tmp_path, monkeypatch, capsys
+):
+    import gapray.workers.learner as learner
+
+    # One of two gloo ranks dies before its all_reduce; the other may sit in the collective
+    # (gloo's timeout is 30 min). The driver must report the dead rank and stop now.
+    marker = arm(fault_dir, "learner", 2)
+    monkeypatch.setattr(learner, "LearnerWorker", DyingLearnerWorker)
+    out = tmp_path / "run"
+    start = time.monotonic()
+    rc = main(
+        [
+            *TINY,
+            "run.steps=3",
+            "run.checkpoint_every=1",
+            "learner.num_ranks=2",
+            "learner.cpus_per_rank=0.5",
+            f"run.out_dir={out}",
+        ]
+    )
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert not marker.exists()
+    assert "step 2: learner rank" in err and "died" in err
+    assert f"Resume with: gapray run resume={out}" in err
+    assert metric_steps(out) == [0, 1]
+    assert elapsed < 300, f"the run took {elapsed:.0f} s to notice a dead rank"  # a hang is 30 min
+
+
 def test_corrupt_checkpoint_is_named_and_previous_good_one_is_used(ray_local, tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*TINY, "run.steps=2", "run.checkpoint_every=1", f"run.out_dir={out}"]) == 0

@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/toy-pretrain", help="run folder (state.pt, checkpoint/)")
     p.add_argument("--seed", type=int, default=0, help="model init and data seed")
     p.add_argument("--vq-steps", type=int, default=1500, help="VQ stage steps")
-    p.add_argument("--lm-steps", type=int, default=4000, help="LM stage steps")
+    p.add_argument("--lm-steps", type=int, default=6000, help="LM stage steps")
     p.add_argument(
-        "--gen-steps", type=int, default=1000, help="LM steps (from the start) with the generation loss"
+        "--gen-steps", type=int, default=1300, help="LM steps (from the start) with the generation loss"
     )
     p.add_argument("--gen-weight", type=float, default=0.5, help="weight of the generation NLL")
     p.add_argument("--patch-weight", type=float, default=1.0, help="weight of the per-patch naming loss")

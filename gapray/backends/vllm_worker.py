@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from gapray.models.janus import DEFAULT_GEN_TEMPLATE
+from gapray.models.janus import DEFAULT_GEN_TEMPLATE, gen_prompt_ids
 from gapray.workers.sync import _lora_target
 
 MAX_RETRIES = 3
@@ -47,14 +47,6 @@ def register() -> None:
 
     if ARCH not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCH, "gapray.backends.vllm_janus:GaprayJanusForImageGeneration")
-
-
-def gen_prompt_ids(tokenizer, template: str, prompt: str) -> tuple[list[int], list[int]]:
-    """Conditional ids (template + <begin_of_image>) and the unconditional ones: every token but
-    the first and the last replaced by pad, as `JanusAdapter._encode_gen_prompts` builds them."""
-    ids = tokenizer(template.format(prompt=prompt) + tokenizer.boi_token)["input_ids"]
-    uncond = [ids[0], *[tokenizer.pad_token_id] * (len(ids) - 2), ids[-1]]
-    return list(ids), uncond
 
 
 class VllmJanusEngine:

@@ -52,6 +52,15 @@ class CheckpointError(ValueError):
     """A model path that is missing or does not hold a loadable Janus checkpoint."""
 
 
+def gen_prompt_ids(tokenizer, template: str, prompt: str) -> tuple[list[int], list[int]]:
+    """One prompt's generation ids (template + <begin_of_image>) and its unconditional twin for
+    CFG: every token but the first and the last (<bos>, <begin_of_image>) replaced by pad, as
+    Janus builds them. The one place this rule lives: the transformers path (batches of these,
+    left-padded) and the vLLM engine both use it."""
+    ids = list(tokenizer(template.format(prompt=prompt) + tokenizer.boi_token)["input_ids"])
+    return ids, [ids[0], *[tokenizer.pad_token_id] * (len(ids) - 2), ids[-1]]
+
+
 def _row_seeds(seed: int | list[int], rows: int) -> list[int]:
     if isinstance(seed, int):
         # Row r of a call with seed s always gets the same stream, whatever the batch split.
@@ -212,17 +221,11 @@ class JanusAdapter:
         """Left-padded prompt ids ending in <begin_of_image>; with cfg, the unconditional rows
         follow the conditional ones: every real token but the first and the last (<bos>,
         <begin_of_image>) replaced by pad, as Janus builds them. Returns ids, mask (R, L)."""
-        texts = [self.gen_template.format(prompt=p) + self.tokenizer.boi_token for p in prompts]
-        enc = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        if cfg:
-            uncond = ids.clone()
-            L = ids.shape[1]
-            first_real = L - mask.sum(1)  # (R,) index of the first non-pad token
-            pos = torch.arange(L).unsqueeze(0)
-            keep = (pos == first_real.unsqueeze(1)) | (pos == L - 1) | (mask == 0)
-            uncond[~keep] = self.pad_id
-            ids, mask = torch.cat([ids, uncond]), torch.cat([mask, mask])
+        pairs = [gen_prompt_ids(self.tokenizer, self.gen_template, p) for p in prompts]
+        rows = [c for c, _ in pairs] + ([u for _, u in pairs] if cfg else [])
+        L = max(len(r) for r in rows)
+        ids = torch.tensor([[self.pad_id] * (L - len(r)) + r for r in rows])  # left padding
+        mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])
         return ids.to(self.device), mask.to(self.device)
 
     @staticmethod

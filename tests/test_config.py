@@ -103,7 +103,8 @@ def test_every_field_has_a_docstring():
 def test_default_run_is_small():
     cfg = load_config()
     assert cfg.model.name == "toy" and cfg.run.ray_address is None
-    assert cfg.run.steps * cfg.curriculum.prompts_per_step * cfg.generation.images_per_prompt <= 60 * 16 * 8
+    # 100 x 12 x 8 images: about 2.5 min on this 2-core CPU (benchmarks/results/paper-toy-*)
+    assert cfg.run.steps * cfg.curriculum.prompts_per_step * cfg.generation.images_per_prompt <= 100 * 16 * 8
     assert "{timestamp}" not in cfg.run.out_dir and cfg.run.out_dir.startswith("runs/toy-")
 
 

@@ -13,8 +13,8 @@ evaluations agreed.
     gapray bench paper --rows base,dpo,c-dpo --seeds 1   # a subset
     gapray bench paper --steps 20 run.eval_every=20      # config overrides pass through
 
-The default toy run (50 steps) took 5 min 06 s once on a 2-core CPU (docs/toy_loop_notebook.md),
-so the whole table (6 trained rows x 3 seeds) takes on the order of 1.5 hours there. Prints a Markdown table and writes
+One (row, seed) of the default toy run (100 steps) took 138-191 s on a quiet 2-core CPU, so the
+whole table (6 trained rows x 3 seeds) takes about 50 minutes there. Prints a Markdown table and writes
 <out>/paper-<model>-<timestamp>.json and .md, rewritten after every run (with "complete":
 false until the last), so an interrupted bench keeps what it measured. Run directories go to
 --scratch (default: a temporary folder, removed at the end).

@@ -12,13 +12,34 @@ Each subcommand lives in its own module (`gapray/bench/<name>.py`, with a `main(
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+from pathlib import Path
 
 SUBCOMMANDS = {
     "loop": "gapray.bench.loop",
     "generation": "gapray.bench.generation",
     "paper": "gapray.bench.paper",
 }
+
+
+def _jsonable(v):
+    """json default: numpy scalars and arrays as Python values, anything else (paths) as text."""
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return str(v)
+
+
+def write_results(out: Path, stem: str, res: dict, table: str) -> tuple[Path, Path]:
+    """<out>/<stem>.json (every number) and .md (the printed table), each written atomically:
+    a bench rewrites them while it runs, and a kill must not leave half a table."""
+    from gapray.storage.atomic import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    js, md = out / f"{stem}.json", out / f"{stem}.md"
+    atomic_write_text(js, json.dumps(res, indent=2, default=_jsonable) + "\n")
+    atomic_write_text(md, table if table.endswith("\n") else table + "\n")
+    return js, md
 
 
 def main(argv: list[str]) -> int:
@@ -29,11 +50,4 @@ def main(argv: list[str]) -> int:
     if name not in SUBCOMMANDS:
         print(f"gapray bench: unknown benchmark {name!r} (one of: {', '.join(SUBCOMMANDS)})", file=sys.stderr)
         return 2
-    try:
-        module = importlib.import_module(SUBCOMMANDS[name])
-    except ModuleNotFoundError as err:
-        if err.name != SUBCOMMANDS[name]:
-            raise
-        print(f"gapray bench: {name!r} is not built yet", file=sys.stderr)
-        return 2
-    return module.main(rest) or 0
+    return importlib.import_module(SUBCOMMANDS[name]).main(rest) or 0

@@ -5,10 +5,10 @@ first call of each batch size is a warm-up and is not counted. `hf` is `JanusAda
 (transformers, batched with a KV cache); `vllm` is `VllmJanusEngine.generate` (gapray's Janus model
 inside vLLM, CFG pairs through the batch-level logits processor).
 
-    gapray bench generation                          # CPU: the toy checkpoint, else tiny_janus
+    gapray bench generation                          # CPU: the shipped toy checkpoint
     gapray bench generation --batch-sizes 4 16 64 --repeats 3
     gapray bench generation --gpu                    # Janus-Pro-1B-sized random model, 576 tokens,
-                                                     # CFG 5, batch sweep; skipped without a GPU
+                                                     # CFG 5, batch sweep; an error without a GPU
 
 Prints a Markdown table (images/s per backend and vllm/hf) and writes
 <out>/generation-<model>-<timestamp>.json and .md. Numbers are what they are on the machine that
@@ -18,7 +18,6 @@ ran them; on a shared CPU they move with the load.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,15 +27,15 @@ from pathlib import Path
 
 import torch
 
+from gapray.bench import write_results
+
 PROMPTS = ["a photo of a red circle", "two blue squares", "a green triangle", "one yellow cross"]
 TOY = Path(__file__).resolve().parents[1] / "toy" / "checkpoint"
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="gapray bench generation", description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--model", default="auto", help="auto (toy checkpoint, else tiny), tiny, or a checkpoint dir"
-    )
+    ap.add_argument("--model", default="toy", help="toy (the shipped checkpoint), tiny, or a checkpoint dir")
     ap.add_argument("--gpu", action="store_true", help="Janus-Pro-1B-sized random model on the GPU")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None)
     ap.add_argument("--repeats", type=int, default=2, help="timed calls per batch size")
@@ -61,13 +60,13 @@ def _checkpoint(args, workdir: Path) -> tuple[str, Path, str]:
         del model
         torch.cuda.empty_cache()
         return "janus-pro-1b-random", workdir / "janus-pro-1b-random", "bfloat16"
-    if args.model == "tiny" or (args.model == "auto" and not TOY.exists()):
+    if args.model == "tiny":
         from gapray.models.tiny import tiny_janus
 
         tiny_janus().save_pretrained(workdir / "tiny")
         return "tiny", workdir / "tiny", "float32"
-    path = TOY if args.model == "auto" else Path(args.model)
-    return path.name if args.model != "auto" else "toy", path, "float32"
+    path = TOY if args.model == "toy" else Path(args.model)
+    return "toy" if args.model == "toy" else path.name, path, "float32"
 
 
 def _time(fn, repeats: int) -> float:
@@ -155,15 +154,17 @@ def main(argv: list[str]) -> int:
         )
         return 2
     if args.gpu and not torch.cuda.is_available():
-        print("gapray bench generation --gpu: no CUDA GPU here; skipped")
-        return 0
+        print("gapray bench generation --gpu: no CUDA GPU here", file=sys.stderr)
+        return 2
+    if not args.gpu and args.model != "tiny":
+        path = TOY if args.model == "toy" else Path(args.model)
+        if not (path / "config.json").is_file():
+            print(f"gapray bench generation: no checkpoint at {path} (config.json missing)", file=sys.stderr)
+            return 2
     rows = run(args)
     table = _table(rows)
     print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"generation-{rows[0]['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    stem.with_suffix(".md").write_text(table + "\n")
+    stem = f"generation-{rows[0]['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    write_results(Path(args.out), stem, {"meta": meta, "rows": rows}, table)
     return 0

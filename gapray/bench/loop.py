@@ -17,7 +17,7 @@ The loop is synchronous (generate, then judge, then learn, then sync), so on one
 pooled loop cannot overlap its stages; it pays Ray's overhead and gains only where a pool has
 several workers on free cores. The numbers are what they are on the machine that ran them.
 
-    gapray bench loop                                # the run's model (tiny if toy is missing)
+    gapray bench loop                                # the run's model (the toy checkpoint)
     gapray bench loop --model tiny --steps 3 --prompts-per-step 4 --images-per-prompt 4
     gapray bench loop --steps 2 learner.micro_batch_size=4   # config overrides pass through
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import os
 import platform
 import sys
@@ -41,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gapray.bench import write_results
 from gapray.config import Config, ConfigError, load_config, to_dict
-from gapray.storage.atomic import atomic_write_text
 from gapray.workers.sync import SyncStats, apply_update, bucket_bytes, trainable_tensors
 
 STAGES = ("generate", "reward", "pairs", "learn", "sync", "step")
@@ -320,7 +319,10 @@ def resolve_model(requested: str | None, overrides: list[str]) -> tuple[list[str
         name = load_config(overrides).model.name
         note = f"the run's model from config: {name}"
         if name == "toy" and not (TOY_CHECKPOINT / "config.json").is_file():
-            return ["model=tiny"], f"the toy checkpoint is missing at {TOY_CHECKPOINT}: using tiny"
+            raise ConfigError(
+                f"the toy checkpoint is missing at {TOY_CHECKPOINT}; train it with `gapray toy pretrain` "
+                "or pass --model tiny"
+            )
         return [], note
     groups = {p.stem for p in (default_config_dir() / "model").glob("*.yaml")}
     return [f"model={requested}" if requested in groups else f"model.name={requested}"], "--model"
@@ -376,13 +378,7 @@ def bench(args: argparse.Namespace) -> dict:
 
 
 def write(res: dict, out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"loop-{res['model']}-{res['timestamp']}"
-    js, md = stem.with_suffix(".json"), stem.with_suffix(".md")
-    # Atomic: the files are rewritten while a bench runs; a kill must not leave half a table.
-    atomic_write_text(js, json.dumps(res, indent=2, default=_plain) + "\n")
-    atomic_write_text(md, markdown(res))
-    return js, md
+    return write_results(out, f"loop-{res['model']}-{res['timestamp']}", res, markdown(res))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

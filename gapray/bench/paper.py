@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import shlex
 import shutil
@@ -37,8 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gapray.bench import write_results
 from gapray.config import Config, ConfigError, load_config, to_dict
-from gapray.storage.atomic import atomic_write_text
 from gapray.types import GENEVAL_TAGS
 
 
@@ -451,13 +450,7 @@ def bench(args: argparse.Namespace, argv: list[str], scratch: Path, out: Path) -
 
 
 def write(res: dict, out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"paper-{res['model']}-{res['timestamp']}"
-    js, md = stem.with_suffix(".json"), stem.with_suffix(".md")
-    # Atomic: the files are rewritten while a bench runs; a kill must not leave half a table.
-    atomic_write_text(js, json.dumps(res, indent=2, default=str) + "\n")
-    atomic_write_text(md, markdown(res))
-    return js, md
+    return write_results(out, f"paper-{res['model']}-{res['timestamp']}", res, markdown(res))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

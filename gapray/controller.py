@@ -34,14 +34,10 @@ from gapray.algos.pairs import build_pairs, select_sft
 from gapray.config import TOY_PROMPTS, Config, to_dict
 from gapray.storage import CorruptCheckpointError, RunDir
 from gapray.types import Prompt
-from gapray.workers.rollout import (
-    Rollouts,
-    Scores,
-    WorkerError,
-    generate_rollouts,
-    guidance,
-    score_rollouts,
-)
+from gapray.models.base import guidance
+from gapray.workers.generation import Rollouts, generate_rollouts
+from gapray.workers.pool import WorkerError
+from gapray.workers.reward import Scores, score_rollouts
 from gapray.workers.sync import WeightSync
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,9 @@ def build_roles(cfg: Config) -> Roles:
 
     from gapray.placement import actor_options, place_roles
     from gapray.workers.learner import LearnerGroup, LearnerWorker
-    from gapray.workers.rollout import GenerationWorker, RewardWorker, WorkerPool
+    from gapray.workers.generation import GenerationWorker
+    from gapray.workers.pool import WorkerPool
+    from gapray.workers.reward import RewardWorker
 
     places = place_roles(cfg)
     m = cfg.model
@@ -178,7 +180,7 @@ def main(argv: list[str]) -> int:
     from gapray.models import CheckpointError
     from gapray.placement import ResourceError
     from gapray.storage import CorruptCheckpointError
-    from gapray.workers.rollout import WorkerError
+    from gapray.workers.pool import WorkerError
 
     try:
         summary = execute(parse(argv))

@@ -26,7 +26,7 @@ from gapray.models.tiny import tiny_janus
 from gapray.placement import ResourceError, check_resources
 from gapray.run import main
 from gapray.storage import RunDir
-from gapray.workers.rollout import GenerationWorker
+from gapray.workers.generation import GenerationWorker
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [*TINY_RUN, "run.eval_every=100"]
@@ -223,9 +223,9 @@ def test_model_path_that_does_not_load(ray_local, tmp_path, capsys):
 
 @pytest.mark.ray
 def test_image_the_judge_cannot_read(ray_local, tmp_path, capsys, monkeypatch):
-    import gapray.workers.rollout as rollout
+    import gapray.workers.generation as generation
 
-    monkeypatch.setattr(rollout, "GenerationWorker", BadTokensGenerationWorker)
+    monkeypatch.setattr(generation, "GenerationWorker", BadTokensGenerationWorker)
     out = tmp_path / "run"
     rc, msg = run_cli(capsys, *TINY, "run.steps=3", "run.checkpoint_every=1", f"run.out_dir={out}")
     assert rc == 1

@@ -26,7 +26,8 @@ from gapray.controller import row_seeds
 from gapray.run import main
 from gapray.storage import RunDir
 from gapray.workers.learner import LearnerWorker
-from gapray.workers.rollout import GenerationWorker, RewardWorker
+from gapray.workers.generation import GenerationWorker
+from gapray.workers.reward import RewardWorker
 
 pytestmark = [pytest.mark.ray, pytest.mark.fault, pytest.mark.slow]
 
@@ -118,13 +119,14 @@ def check_rollouts_exact(out: Path, steps: int) -> None:
 
 
 def test_dead_generation_and_reward_workers_are_replaced(ray_local, fault_dir, tmp_path, monkeypatch):
-    import gapray.workers.rollout as rollout
+    import gapray.workers.generation as generation
+    import gapray.workers.reward as reward
 
     # Step 2 (each worker's second call): after a weight sync, so the replacement must load
     # version 1 before it redoes the share.
     gen_marker, rew_marker = arm(fault_dir, "generation", 2), arm(fault_dir, "reward", 2)
-    monkeypatch.setattr(rollout, "GenerationWorker", DyingGenerationWorker)
-    monkeypatch.setattr(rollout, "RewardWorker", DyingRewardWorker)
+    monkeypatch.setattr(generation, "GenerationWorker", DyingGenerationWorker)
+    monkeypatch.setattr(reward, "RewardWorker", DyingRewardWorker)
     out = tmp_path / "run"
     rc = main(
         [

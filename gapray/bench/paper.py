@@ -174,7 +174,8 @@ def base_only_evals(plan: Plan) -> list[dict]:
     import torch
 
     from gapray.run import _threads
-    from gapray.workers.rollout import GenerationWorker, guidance
+    from gapray.models.base import guidance
+    from gapray.workers.generation import GenerationWorker
 
     out = []
     threads = torch.get_num_threads()

@@ -377,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from gapray.models import CheckpointError, load_model
+    from gapray.models.base import guidance
 
     try:
         model = load_model(args.checkpoint, **({"device": args.device} if args.device else {}))
@@ -398,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         model,
         out,
         images_per_prompt=args.images_per_prompt,
-        # A weight of 1 is the conditional distribution itself: skip the unconditional rows.
-        cfg_scale=None if cfg_scale == 1 else cfg_scale,
+        cfg_scale=guidance(cfg_scale),
         temperature=temperature,
         seed=args.seed,
         batch_size=args.batch_size,

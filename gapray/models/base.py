@@ -25,6 +25,12 @@ or LoRA adapters on the LLM backbone (peft)."""
 DEFAULT_QUESTION = "Does this image show {prompt}? Answer yes or no."
 
 
+def guidance(cfg_scale: float) -> float | None:
+    """A configured CFG weight -> the adapters' `cfg_scale` argument. The one place the rule
+    lives: a weight of 1 is the conditional distribution itself, so no unconditional rows run."""
+    return None if cfg_scale == 1 else cfg_scale
+
+
 @dataclass(frozen=True)
 class Judgement:
     """The understanding branch's verdicts on a batch of (image, prompt) pairs."""

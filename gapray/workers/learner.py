@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from gapray.algos.dpo import dpo_objective, sft_loss
-from gapray.workers.rollout import load_adapter
+from gapray.workers.model_worker import load_adapter
 from gapray.workers.sync import bucket_bytes, pack_buckets, trainable_tensors
 
 DPO_METRICS = (

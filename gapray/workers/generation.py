@@ -1,0 +1,122 @@
+"""The generation role: a Ray actor holding the policy for sampling, and the step's rollouts.
+
+    prompts --generate_rollouts(pool, ...)--> Rollouts (tokens, seeds, versions)
+
+backend "hf" samples with the adapter's own generate; backend "vllm" runs gapray's Janus model
+in a vLLM engine on the same checkpoint (the adapter is kept for evaluations and follows every
+update too). Seeds come from the driver, so a retried share draws the same images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gapray.models.base import guidance
+from gapray.workers.model_worker import ModelWorker
+from gapray.workers.pool import WorkerPool
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """N generated samples; rows of one prompt are contiguous (n per prompt)."""
+
+    prompt_ids: list[str]
+    prompts: list[str]
+    sample_index: np.ndarray  # (N,) int: index of the image within its prompt's group
+    seeds: np.ndarray  # (N,) int64: the sampling seed of each row
+    versions: np.ndarray  # (N,) int: policy version of the weights that generated each row
+    tokens: np.ndarray  # (N, T) int32 image tokens
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+
+
+class GenerationWorker(ModelWorker):
+    """Samples images for the policy. backend "hf": the adapter's own generate; backend "vllm":
+    a vLLM engine running gapray's Janus model on the same checkpoint (the adapter is kept for
+    evaluations and follows every update too)."""
+
+    def __init__(self, model_cfg, gen_cfg, threads: int = 1, lora_scaling: float = 1.0):
+        super().__init__(model_cfg, threads, lora_scaling)
+        self.cfg = gen_cfg
+        self.engine = None
+        if gen_cfg.backend == "vllm":
+            from gapray.backends.vllm_worker import VllmJanusEngine
+
+            self.engine = VllmJanusEngine(
+                self._checkpoint_dir(model_cfg),
+                dtype="bfloat16" if self.model.model.dtype == torch.bfloat16 else "float32",
+                max_num_seqs=2 * gen_cfg.batch_size,
+                lora_scaling=lora_scaling,
+            )
+
+    def _checkpoint_dir(self, model_cfg) -> str:
+        """A directory vLLM can load the starting weights from."""
+        from gapray.models import TOY_CHECKPOINT
+
+        if model_cfg.name == "toy":
+            return str(TOY_CHECKPOINT)
+        if model_cfg.name == "tiny":  # built in code: save it once for the engine to read
+            import tempfile
+
+            path = tempfile.mkdtemp(prefix="gapray-tiny-")
+            self.model.save_pretrained(path)
+            return path
+        return model_cfg.name
+
+    def load_weights(self, version: int, bucket_refs: list) -> int:
+        if self.engine is not None:
+            import ray
+
+            tensors = {k: v for b in ray.get(bucket_refs) for k, v in b.items()}
+            self.engine.load_weights(version, tensors)  # raises WeightUpdateError, engine unchanged
+        return super().load_weights(version, bucket_refs)
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> tuple[np.ndarray, int]:
+        """One image per row (prompts already repeated n times) -> (N, T) int32 tokens and the
+        version that made them."""
+        cfg_scale = guidance(self.cfg.cfg_scale)
+        if self.engine is not None:
+            tokens = self.engine.generate(
+                list(prompts), list(seeds), cfg_scale=cfg_scale, temperature=self.cfg.temperature
+            )
+        else:
+            tokens = self.model.generate(
+                prompts,
+                n=1,
+                cfg_scale=cfg_scale,
+                temperature=self.cfg.temperature,
+                seed=list(seeds),
+                batch_size=self.cfg.batch_size,
+            )
+        return tokens.cpu().numpy().astype(np.int32), self.version
+
+    def evaluate(self, out_dir: str | None, **kwargs) -> dict:
+        """The toy-world evaluation of the weights this worker holds now."""
+        from gapray.eval.toy_eval import evaluate
+
+        metrics = evaluate(self.model, out_dir, progress=False, **kwargs)
+        metrics["version"] = self.version
+        return metrics
+
+
+def generate_rollouts(
+    pool: WorkerPool, prompt_ids: list[str], prompts: list[str], seeds: np.ndarray, n: int
+) -> Rollouts:
+    """n images for each prompt across the pool; seeds: (len(prompts) * n,) fixed by the driver."""
+    rows = [p for p in prompts for _ in range(n)]
+    outs = pool.map_shares("generate", len(rows), lambda s: (rows[s], seeds[s].tolist()))
+    tokens = np.concatenate([t for t, _ in outs])
+    versions = np.concatenate([np.full(len(t), v, dtype=np.int64) for t, v in outs])
+    return Rollouts(
+        prompt_ids=[pid for pid in prompt_ids for _ in range(n)],
+        prompts=rows,
+        sample_index=np.tile(np.arange(n), len(prompts)),
+        seeds=seeds.astype(np.int64),
+        versions=versions,
+        tokens=tokens,
+    )

@@ -1,0 +1,53 @@
+"""The reward role: a Ray actor holding the model's own understanding branch, and the scores.
+
+    Rollouts --score_rollouts(pool, rollouts)--> Scores (P(yes), decision, judge version)
+
+The judge is frozen at the initial weights, or follows the policy (reward.follow_policy).
+Tokens travel; pixels are decoded here and stay here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gapray.workers.generation import Rollouts
+from gapray.workers.model_worker import ModelWorker
+from gapray.workers.pool import WorkerPool
+
+
+@dataclass(frozen=True)
+class Scores:
+    p_yes: np.ndarray  # (N,) float32: P(yes) / (P(yes) + P(no))
+    accepted: np.ndarray  # (N,) bool: the judge's decision
+    versions: np.ndarray  # (N,) int: judge weights' version (0 = frozen initial)
+
+
+
+class RewardWorker(ModelWorker):
+    def __init__(self, model_cfg, reward_cfg, threads: int = 1, lora_scaling: float = 1.0):
+        super().__init__(model_cfg, threads, lora_scaling)
+        self.cfg = reward_cfg
+
+    def score(self, prompts: list[str], tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Decode each row's tokens to pixels here (pixels stay where they are made) and ask the
+        model's own understanding whether the image shows its prompt."""
+        images = self.model.decode(
+            torch.as_tensor(np.array(tokens), dtype=torch.long), batch_size=self.cfg.batch_size
+        )
+        verdict = self.model.judge(
+            images, list(prompts), question=self.cfg.question, batch_size=self.cfg.batch_size
+        )
+        p_yes = verdict.p_yes.numpy().astype(np.float32)
+        return p_yes, p_yes > self.cfg.threshold, self.version
+
+
+def score_rollouts(pool: WorkerPool, rollouts: Rollouts) -> Scores:
+    outs = pool.map_shares("score", len(rollouts), lambda s: (rollouts.prompts[s], rollouts.tokens[s]))
+    return Scores(
+        p_yes=np.concatenate([p for p, _, _ in outs]),
+        accepted=np.concatenate([a for _, a, _ in outs]),
+        versions=np.concatenate([np.full(len(p), v, dtype=np.int64) for p, _, v in outs]),
+    )

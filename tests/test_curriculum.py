@@ -127,7 +127,7 @@ def test_band_ema_unseen_and_fallback():
     assert cur.stats()["in_band_share"] == 0.0
     assert len(cur.next_batch(4)) == 2
     # one prompt in band and explore 0: batch of 2 holds it; the second slot must come from elsewhere
-    cur.observe(5, {"p03": (8, 8)})  # 0.5 * 0.125 + 0.5 * 1 = 0.5625 -> in band
+    cur.observe(5, {"p03": (8, 8)})  # 0.5 * 0 + 0.5 * 1 = 0.5 -> in band
     for s in range(6, 16):
         b = ids(cur.next_batch(s))
         assert b.count("p03") >= 1 and len(b) == 2
@@ -198,3 +198,131 @@ def test_validation():
         cur.observe(0, {"zz": (1, 2)})
     with pytest.raises(ValueError, match="n_accepted"):
         cur.observe(0, {"p00": (3, 2)})
+
+
+def test_band_ema_is_the_weight_of_the_newest_observation():
+    # CurriculumConfig.ema: "weight of the newest observation", so est <- (1 - ema) * est + ema * rate.
+    # Every value below is a dyadic fraction: exact in binary floating point, compared with ==.
+    cur = PassRateBandCurriculum(make_prompts(2), batch_size=1, seed=0, ema=0.25)
+    cur.observe(0, {"p00": (4, 4)})  # the first observation sets the estimate: 1.0
+    assert cur.pass_rate("p00") == 1.0
+    cur.observe(1, {"p00": (0, 4)})  # 0.75 * 1.0 + 0.25 * 0.0 = 0.75
+    assert cur.pass_rate("p00") == 0.75
+    cur.observe(2, {"p00": (2, 4)})  # 0.75 * 0.75 + 0.25 * 0.5 = 0.5625 + 0.125 = 0.6875
+    assert cur.pass_rate("p00") == 0.6875
+    cur.observe(3, {"p00": (0, 0)})  # no images: no evidence, the estimate stays
+    assert cur.pass_rate("p00") == 0.6875 and cur.pass_rate("p01") is None
+
+
+def test_band_ema_one_keeps_only_the_newest_observation_and_resumes():
+    # ema = 1: the estimate is the latest step's pass rate; next_batch / observe / state_dict work.
+    prompts = make_prompts(6)
+
+    def run(cur: Curriculum, steps: range) -> list[list[str]]:
+        out = []
+        for s in steps:
+            batch = cur.next_batch(s)
+            results = fake_results(s, batch)
+            cur.observe(s, results)
+            for pid, (n_acc, n_total) in results.items():
+                assert cur.pass_rate(pid) == n_acc / n_total  # only the newest counts
+            out.append(ids(batch))
+        return out
+
+    kwargs = {"band": (0.2, 0.8), "ema": 1.0, "explore": 0.2}
+    a = make_curriculum("band", prompts, batch_size=3, seed=3, **kwargs)
+    batches_a = run(a, range(8))
+    b = make_curriculum("band", prompts, batch_size=3, seed=3, **kwargs)
+    batches_b = run(b, range(4))
+    c = make_curriculum("band", prompts, batch_size=3, seed=99, **kwargs)
+    c.load_state_dict(json.loads(json.dumps(b.state_dict())))
+    batches_b += run(c, range(4, 8))
+    assert batches_b == batches_a and c.stats() == a.stats()
+    # a prompt seen at 1.0 then at 0.0 is at 0.0, not in between
+    a.observe(8, {"p01": (4, 4)})
+    a.observe(9, {"p01": (0, 4)})
+    assert a.pass_rate("p01") == 0.0
+
+
+@pytest.mark.parametrize("ema", [0.0, -0.25, 1.5, float("nan"), float("inf")])
+def test_band_ema_out_of_range_is_refused(ema):
+    # ema = 0 would never move an estimate past its first observation; the code takes (0, 1].
+    with pytest.raises(ValueError, match=r"ema must be in \(0, 1\]"):
+        PassRateBandCurriculum(make_prompts(3), batch_size=2, seed=0, ema=ema)
+
+
+def test_band_ema_one_from_the_config_builds_the_controllers_curriculum(tmp_path):
+    # End to end without Ray: curriculum.ema=1 validates, and the Controller (before any role is
+    # used) builds its band curriculum from it and runs it.
+    from types import SimpleNamespace
+
+    from gapray.config import load_config
+    from gapray.controller import Controller
+    from gapray.storage import RunDir
+
+    cfg = load_config(["curriculum=band", "curriculum.ema=1", "curriculum.prompts_per_step=2"])
+    roles = SimpleNamespace(generation=None, reward=None, learner=None)
+    ctl = Controller(cfg, RunDir(tmp_path), roles, prompts=make_prompts(4))
+    cur = ctl.curriculum
+    assert isinstance(cur, PassRateBandCurriculum) and cur.ema == 1.0
+    batch = cur.next_batch(1)
+    cur.observe(1, {p.id: (1, 4) for p in batch})
+    cur.observe(2, {p.id: (3, 4) for p in batch})
+    assert [cur.pass_rate(p.id) for p in batch] == [0.75, 0.75]
+
+
+BAND_GRID = [
+    # (band_low, band_high, ema, explore): edges and just past them
+    (0.2, 0.8, 1.0, 0.1),
+    (0.2, 0.8, 0.0, 0.1),
+    (0.2, 0.8, 1e-9, 0.1),
+    (0.2, 0.8, 1.0 + 1e-9, 0.1),
+    (0.2, 0.8, -0.5, 0.1),
+    (0.2, 0.8, float("nan"), 0.1),
+    (0.0, 1.0, 0.5, 0.0),
+    (0.0, 1.0, 0.5, 1.0),
+    (0.2, 0.8, 0.5, 1.5),
+    (0.2, 0.8, 0.5, -0.1),
+    (0.5, 0.5, 0.5, 0.1),
+    (0.8, 0.2, 0.5, 0.1),
+    (-0.1, 0.5, 0.5, 0.1),
+    (0.2, 1.1, 0.5, 0.1),
+]
+
+
+@pytest.fixture(scope="module")
+def band_base() -> dict:
+    from gapray.config import load_config, to_dict
+
+    return to_dict(load_config(["curriculum=band"]))
+
+
+@pytest.mark.parametrize(("lo", "hi", "ema", "explore"), BAND_GRID)
+def test_config_validation_accepts_exactly_what_the_band_curriculum_takes(band_base, lo, hi, ema, explore):
+    """Config validation and the constructor agree on every value: nothing that validates can
+    raise after the actors started, and nothing the code can run is refused. A refusal names the key."""
+    from gapray.config import ConfigError, from_dict
+    from gapray.controller import _curriculum_kwargs
+
+    data = {k: dict(v) for k, v in band_base.items()}
+    data["curriculum"].update(band_low=lo, band_high=hi, ema=ema, explore=explore)
+    try:
+        PassRateBandCurriculum(make_prompts(3), 2, 0, band=(lo, hi), ema=ema, explore=explore)
+        code_error = None
+    except ValueError as e:
+        code_error = str(e)
+    try:
+        cfg = from_dict(data)
+        config_error = None
+    except ConfigError as e:
+        config_error = e
+    assert (code_error is None) == (config_error is None), (code_error, config_error)
+    if config_error is None:
+        kwargs = _curriculum_kwargs(cfg.curriculum)  # what the controller passes
+        assert kwargs == {"band": (lo, hi), "ema": ema, "explore": explore}
+    else:
+        # the constructor's message names its argument; the config error names the dotted key
+        arg = code_error.split()[0]
+        keys = {"band": {"curriculum.band_low", "curriculum.band_high"}}.get(arg, {f"curriculum.{arg}"})
+        assert set(config_error.keys) <= keys and config_error.keys, (config_error.keys, code_error)
+        assert config_error.keys[0] in str(config_error)

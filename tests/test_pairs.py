@@ -49,9 +49,33 @@ def test_min_margin_applies_to_paper_rule():
     pairs, stats = build_pairs(g, p, acc, min_margin=0.1)
     assert pairs == [(2, 3)]
     assert stats.below_margin == 1 and stats.mean_margin == pytest.approx(0.7)
-    # margin is inclusive: 0.7 >= 0.7 is kept
+    # just above the margin is kept (0.9 - 0.2 = 0.7000000000000001 in floating point)
     pairs, _ = build_pairs(["b", "b"], arr(0.9, 0.2), arr(1, 0), min_margin=0.7 - 1e-12)
     assert pairs == [(0, 1)]
+
+
+@pytest.mark.parametrize("rule", ["paper", "best_worst"])
+def test_margin_equal_to_min_margin_is_not_kept(rule):
+    # PairsConfig.min_margin: kept only if S(chosen) - S(rejected) > min_margin (strict).
+    # 0.75 - 0.25 = 0.5 exactly in binary floating point.
+    g = ["eq", "eq", "above", "above"]
+    p = arr(0.75, 0.25, 0.875, 0.25)  # gaps: eq 0.5 (= min_margin), above 0.625
+    acc = arr(1, 0, 1, 0)
+    pairs, stats = build_pairs(g, p, acc, rule=rule, min_margin=0.5)
+    assert pairs == [(2, 3)]
+    assert stats.below_margin == 1 and stats.mean_margin == 0.625
+
+
+@pytest.mark.parametrize("rule", ["paper", "best_worst"])
+def test_equal_scores_make_no_pair_at_min_margin_zero(rule):
+    # min_margin 0: "any pair whose scores differ"; equal scores are no preference under either rule
+    # (under "paper" the decisions differ here, e.g. decided by another threshold, the scores do not).
+    g = ["tie", "tie", "apart", "apart"]
+    p = arr(0.5, 0.5, 0.5, 0.25)
+    acc = arr(1, 0, 1, 0)
+    pairs, stats = build_pairs(g, p, acc, rule=rule, min_margin=0.0)
+    assert pairs == [(2, 3)]
+    assert stats.below_margin == 1 and stats.mean_margin == 0.25
 
 
 def test_pairs_per_prompt():
@@ -134,6 +158,8 @@ def test_validation():
         build_pairs(["a"], arr(0.5), arr(True), pairs_per_prompt=0)
     with pytest.raises(ValueError, match="min_margin"):
         build_pairs(["a"], arr(0.5), arr(True), min_margin=-0.1)
+    with pytest.raises(ValueError, match="min_margin"):
+        build_pairs(["a"], arr(0.5), arr(True), min_margin=float("nan"))
     with pytest.raises(ValueError, match="accepted"):
         select_sft(["a", "b"], arr(True))
 

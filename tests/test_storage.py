@@ -256,5 +256,22 @@ def test_keep_rotation_and_resave_same_step(tmp_path):
     run.save_checkpoint(4, _save_model, _state(40), keep=2)  # a resumed run redoes step 4
     assert run.load_trainer_state(run.latest_checkpoint())["step"] == 40
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000003", "step_0000004"]
-    with pytest.raises(ValueError, match="keep"):
-        run.save_checkpoint(5, _save_model, _state(5), keep=0)
+    with pytest.raises(ValueError, match=r"keep must be an int >= 0 \(0 = keep all\), got -1"):
+        run.save_checkpoint(5, _save_model, _state(5), keep=-1)
+    assert [p.name for p in run.list_checkpoints()] == ["step_0000003", "step_0000004"]  # nothing written
+
+
+def test_keep_zero_keeps_every_checkpoint(tmp_path):
+    # run.keep_checkpoints=0 is documented "keep all"
+    run = RunDir(tmp_path)
+    for step in (10, 20, 30, 40, 50):
+        run.save_checkpoint(step, _save_model, _state(step), keep=0)
+    names = ["step_0000010", "step_0000020", "step_0000030", "step_0000040", "step_0000050"]
+    assert [p.name for p in run.list_checkpoints()] == names
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == names  # no temp/trash left
+    for p in run.list_checkpoints():
+        run.verify_checkpoint(p)
+    assert run.load_trainer_state(run.latest_checkpoint())["step"] == 50
+    # a later save with keep=2 (a resumed run with another setting) prunes down to the newest two
+    run.save_checkpoint(60, _save_model, _state(60), keep=2)
+    assert [p.name for p in run.list_checkpoints()] == ["step_0000050", "step_0000060"]

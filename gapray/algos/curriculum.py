@@ -353,8 +353,9 @@ class PassRateBandCurriculum(Curriculum):
     """Sample mostly prompts whose estimated pass rate lies in band = (lo, hi), bounds included.
 
     The estimate per prompt is an exponential moving average of n_accepted / n_total: the first
-    observation sets it, later ones update est <- ema * est + (1 - ema) * rate (ema is the weight
-    of the past). Unseen prompts count as in-band, so the first epoch-worth of steps is uniform.
+    observation sets it, later ones update est <- (1 - ema) * est + ema * rate (ema, in (0, 1], is
+    the weight of the newest observation; ema = 1 keeps only the newest). Unseen prompts count as
+    in-band, so the first epoch-worth of steps is uniform.
     Each batch slot is, in expectation, an `explore` share uniform over all prompts and the rest
     uniform over the in-band prompts; with no prompt in band, all prompts are used. A batch has
     no repeats unless it is bigger than the candidate set.
@@ -375,8 +376,10 @@ class PassRateBandCurriculum(Curriculum):
         lo, hi = band
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"band must satisfy 0 <= lo < hi <= 1, got {band!r}")
-        if not 0.0 <= ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1), got {ema!r}")
+        # ema = 0 would freeze every estimate at its first observation; gapray.config_checks
+        # refuses exactly what this refuses (tests/test_curriculum.py checks they agree).
+        if not 0.0 < ema <= 1.0:
+            raise ValueError(f"ema must be in (0, 1], got {ema!r}")
         if not 0.0 <= explore <= 1.0:
             raise ValueError(f"explore must be in [0, 1], got {explore!r}")
         self.batch_size = batch_size
@@ -428,7 +431,7 @@ class PassRateBandCurriculum(Curriculum):
                 continue
             rate = n_acc / n_total
             old = self._est[i]
-            self._est[i] = rate if np.isnan(old) else self.ema * old + (1.0 - self.ema) * rate
+            self._est[i] = rate if np.isnan(old) else (1.0 - self.ema) * old + self.ema * rate
         self._last_pass_rate = _batch_pass_rate(entries)
 
     def state_dict(self) -> dict[str, Any]:

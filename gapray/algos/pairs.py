@@ -45,7 +45,7 @@ class PairStats:
     """Prompts none of whose images was accepted (the curriculum's discard candidates)."""
     below_margin: int
     """Prompts that had candidates for a pair but lost them all to min_margin / min_chosen
-    (or, under "best_worst", whose images all scored the same)."""
+    (a gap must exceed min_margin, so images that all scored the same count here)."""
     mean_margin: float
     """Mean P(yes) gap chosen - rejected over the pairs built; 0 when there are none."""
 
@@ -87,15 +87,15 @@ def build_pairs(
     """Preference pairs (chosen, rejected) as indices into the flat arrays, and their stats.
 
     group_ids: (S,) prompt id per sample; p_yes: (S,) the model's P(yes) per image; accepted: (S,)
-    its yes/no decision. A pair is kept only if p_yes[chosen] - p_yes[rejected] >= min_margin and
-    p_yes[chosen] >= min_chosen (both rules). Pairs come out grouped by prompt, prompts in order of
-    first appearance.
+    its yes/no decision. A pair is kept only if p_yes[chosen] - p_yes[rejected] > min_margin (strict:
+    with min_margin 0, equal scores make no pair) and p_yes[chosen] >= min_chosen (both rules).
+    Pairs come out grouped by prompt, prompts in order of first appearance.
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     if pairs_per_prompt < 1:
         raise ValueError(f"pairs_per_prompt must be >= 1, got {pairs_per_prompt!r}")
-    if min_margin < 0:
+    if not min_margin >= 0:  # also refuses NaN, which no gap would fail against
         raise ValueError(f"min_margin must be >= 0, got {min_margin!r}")
     p_yes = np.asarray(p_yes, dtype=np.float64)
     accepted = np.asarray(accepted)
@@ -131,8 +131,9 @@ def build_pairs(
         kept = 0
         for c, r in zip(best[:k], worst[:k], strict=True):
             gap = float(p_yes[c] - p_yes[r])
-            # best_worst: equal scores carry no preference (HermesFlow's max != min).
-            if gap < min_margin or p_yes[c] < min_chosen or (rule == "best_worst" and gap <= 0):
+            # Strict, as PairsConfig.min_margin documents: a gap equal to the margin is dropped, so
+            # min_margin 0 drops equal scores under both rules (HermesFlow's max != min).
+            if gap <= min_margin or p_yes[c] < min_chosen:
                 continue
             pairs.append((c, r))
             margins.append(gap)

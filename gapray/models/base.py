@@ -38,7 +38,7 @@ class Judgement:
     p_yes: torch.Tensor
     """(N,) float in [0, 1]: P(yes) / (P(yes) + P(no)) at the answer position."""
     decision: torch.Tensor
-    """(N,) bool: p_yes > threshold."""
+    """(N,) bool: p_yes >= threshold (s = 1 when S >= threshold, as reward.threshold documents)."""
 
 
 class UnifiedModel(Protocol):

@@ -120,7 +120,7 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 3,
 ) -> Path:
-    """Write checkpoint `step` and keep the newest `keep`; returns `ckpt_dir/step_NNNNNNN`.
+    """Write checkpoint `step` and keep the newest `keep` (0 = keep all); returns `ckpt_dir/step_NNNNNNN`.
 
     `save_model(dir)` writes the model into `dir` (e.g. `model.save_pretrained(dir)`), so the
     checkpoint loads with transformers alone; `state` goes to trainer_state.pt via torch.save.
@@ -128,8 +128,8 @@ def save_checkpoint(
     """
     import torch  # here, not at module top: reading metrics must not pay for importing torch
 
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise ValueError(f"keep must be an int >= 0 (0 = keep all), got {keep!r}")
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     clean_leftovers(ckpt_dir)
@@ -158,8 +158,10 @@ def save_checkpoint(
     fsync_dir(ckpt_dir)
 
     # Rotation only after the new checkpoint is complete: a crash above never costs an old one.
-    for old in list_checkpoints(ckpt_dir)[:-keep]:
-        _trash(old)
+    # keep=0 keeps all (run.keep_checkpoints=0); test it explicitly rather than lean on `[:-0]`.
+    if keep > 0:
+        for old in list_checkpoints(ckpt_dir)[:-keep]:
+            _trash(old)
     return final
 
 

@@ -25,8 +25,9 @@ class Scores:
     versions: np.ndarray  # (N,) int: judge weights' version (0 = frozen initial)
 
 
-
 class RewardWorker(ModelWorker):
+    """Scores images with the held model's understanding; decision s = 1 when S >= reward.threshold."""
+
     def __init__(self, model_cfg, reward_cfg, threads: int = 1, lora_scaling: float = 1.0):
         super().__init__(model_cfg, threads, lora_scaling)
         self.cfg = reward_cfg
@@ -40,8 +41,10 @@ class RewardWorker(ModelWorker):
         verdict = self.model.judge(
             images, list(prompts), question=self.cfg.question, batch_size=self.cfg.batch_size
         )
-        p_yes = verdict.p_yes.numpy().astype(np.float32)
-        return p_yes, p_yes > self.cfg.threshold, self.version
+        p_yes = verdict.p_yes.numpy().astype(np.float32)  # (N,)
+        # s = 1 when S >= threshold (RewardConfig.threshold); numpy compares the float32 S with the
+        # Python float in float32, so an S that prints as the threshold counts as equal to it.
+        return p_yes, p_yes >= self.cfg.threshold, self.version
 
 
 def score_rollouts(pool: WorkerPool, rollouts: Rollouts) -> Scores:

@@ -11,7 +11,7 @@ Ray starts or any actor is placed. The resolved config is written to `<run dir>/
     resources_per_role(cfg)   # {"generation": {"count": 1, "cpus": 1.0, "gpus": 0.0}, ...}
 
 The YAML tree (configs/config.yaml and one folder per stage: model, generation, reward, pairs,
-learner, sync, curriculum, run) mirrors the dataclasses below; every field is documented by
+learner, sync, curriculum, eval, run) mirrors the dataclasses below; every field is documented by
 the string literal under it (`field_docs()` collects them). See the composed defaults with
 
     PYTHONPATH=. python -m gapray.config [overrides...]
@@ -39,6 +39,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 SCHEMA_NAME = "gapray_schema"  # the ConfigStore entry configs/config.yaml lists first
 TOY_PROMPTS = "toy"  # curriculum.prompts: the toy world's train split
 BUILTIN_MODELS = ("toy", "tiny")  # model.name values that are not checkpoint paths
+AUTO_EVAL = "auto"  # eval group default: "toy" for model=toy, "self" for any other model
 
 
 class ConfigError(ValueError):
@@ -58,7 +59,7 @@ class ModelConfig:
     """The unified model every role loads (policy, reference, judge)."""
 
     name: str = "toy"
-    """"toy" (the toy world's 3-4M-parameter model), "tiny" (a tiny Janus config built in code,
+    """"toy" (the toy world's 2.31M-parameter model), "tiny" (a tiny Janus config built in code,
     random weights, for tests) or a local checkpoint directory in `save_pretrained` form."""
     dtype: str = "auto"
     """"float32" | "bfloat16" | "auto" (bfloat16 on GPU, float32 on CPU)."""
@@ -201,9 +202,30 @@ class CurriculumConfig:
     band_high: float = 0.8
     """band: highest estimated pass rate of a preferred prompt."""
     ema: float = 0.5
-    """band: weight of the newest observation in a prompt's pass-rate average."""
+    """band: weight of the newest observation in a prompt's pass-rate average, in (0, 1]:
+    est <- (1 - ema) * est + ema * rate; 1 = only the newest observation counts."""
     explore: float = 0.1
     """band: share of prompts drawn uniformly, outside the band."""
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: the evaluator that scores the policy before the first step, every
+    run.eval_every steps and after the last, spread over the generation pool's workers."""
+
+    kind: str = "self"
+    """"self": held-out prompts, N images each judged by the model's own understanding
+    (non-unification, mean P(yes), per tag), for any model; "toy": the toy world's exact
+    verifier (GenEval rules, understanding, self-judge accuracy), only for toy-world models.
+    The group default `eval=auto` picks toy for model=toy and self for every other model."""
+    prompts: str = "geneval"
+    """eval=self: the held-out prompt set, a built-in name ("geneval": GenEval's 553 prompts,
+    "t2i_compbench/<category>_val", ...) or a GenEval-schema .jsonl / one-prompt-a-line .txt
+    file. eval=toy always uses the toy world's test split."""
+    images_per_prompt: int = 4
+    """Images per evaluated prompt, with fixed seeds (GenEval: 4)."""
+    limit: int | None = None
+    """Evaluate only the first this many prompts (None = the whole set)."""
 
 
 @dataclass
@@ -222,11 +244,8 @@ class RunConfig:
     ray_address: str | None = None
     """None starts a local Ray; "auto" or "ray://host:10001" joins a cluster."""
     eval_every: int = 10
-    """Evaluate every this many steps (0 = only before the first and after the last)."""
-    eval_images_per_prompt: int = 4
-    """Images per test prompt at evaluation (GenEval: 4)."""
-    eval_limit: int | None = None
-    """Test prompts evaluated (None = the whole test split)."""
+    """Evaluate (the `eval` section) every this many steps (0 = only before the first and after
+    the last)."""
     checkpoint_every: int = 20
     """Save a checkpoint every this many steps (0 = only at the end)."""
     keep_checkpoints: int = 2
@@ -258,6 +277,8 @@ class Config:
     """WeightSync."""
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     """Curriculum."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
     run: RunConfig = field(default_factory=RunConfig)
     """The controller."""
 
@@ -294,6 +315,11 @@ def load_config(overrides: Sequence[str] = (), config_dir: str | Path | None = N
     try:
         with initialize_config_dir(version_base=None, config_dir=str(cdir), job_name="gapray"):
             composed = compose(config_name="config", overrides=list(overrides))
+            if OmegaConf.select(composed, "eval.kind") == AUTO_EVAL:
+                # eval=auto: compose the evaluator group that fits the model in its place.
+                pick = "toy" if OmegaConf.select(composed, "model.name") == "toy" else "self"
+                rest = [o for o in overrides if o.lstrip("+~").partition("=")[0] != "eval"]
+                composed = compose(config_name="config", overrides=[*rest, f"eval={pick}"])
     except MissingConfigException as e:
         raise _missing_option_error(e) from None
     except (HydraException, OmegaConfBaseException, ValueError) as e:

@@ -27,7 +27,7 @@ def validate(cfg: Config) -> None:
     def one_of(key: str, *choices: str) -> None:
         need(_get(cfg, key) in choices, key, "must be one of " + ", ".join(repr(c) for c in choices))
 
-    m, g, r, p, ln, s, c, run = (getattr(cfg, k) for k in SECTIONS)
+    m, g, r, p, ln, s, c, ev, run = (getattr(cfg, k) for k in SECTIONS)
     # model
     need(
         m.name in BUILTIN_MODELS or Path(m.name).is_dir(),
@@ -100,14 +100,19 @@ def validate(cfg: Config) -> None:
     need(0 <= c.explore <= 1, "curriculum.explore", "must be in [0, 1]")
     prompts_error = _prompts_error(c.prompts)
     need(prompts_error is None, "curriculum.prompts", prompts_error or "")
+    # eval
+    one_of("eval.kind", "self", "toy")
+    need(ev.images_per_prompt >= 1, "eval.images_per_prompt", "must be >= 1")
+    need(ev.limit is None or ev.limit >= 1, "eval.limit", "must be null (all) or >= 1")
+    if ev.kind == "self":
+        eval_prompts_error = _prompts_error(ev.prompts, allow_toy=False)
+        need(eval_prompts_error is None, "eval.prompts", eval_prompts_error or "")
     # run
     need(run.steps >= 1, "run.steps", "must be >= 1")
     need(bool(run.out_dir.strip()), "run.out_dir", "must not be empty")
     one_of("run.placement", "colocate", "split")
     need(run.ray_address is None or bool(run.ray_address.strip()), "run.ray_address", "null or an address")
     need(run.eval_every >= 0, "run.eval_every", "must be >= 0 (0 = only before and after)")
-    need(run.eval_images_per_prompt >= 1, "run.eval_images_per_prompt", "must be >= 1")
-    need(run.eval_limit is None or run.eval_limit >= 1, "run.eval_limit", "must be null (all) or >= 1")
     need(run.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0 (0 = only at the end)")
     need(run.keep_checkpoints >= 0, "run.keep_checkpoints", "must be >= 0 (0 = keep all)")
     need(
@@ -153,10 +158,10 @@ def _formats_with_prompt(template: str) -> bool:
         return False
 
 
-def _prompts_error(prompts: str) -> str | None:
-    """Why `curriculum.prompts` names no prompt set, or None. Files must exist (name in message)."""
+def _prompts_error(prompts: str, allow_toy: bool = True) -> str | None:
+    """Why `prompts` names no prompt set, or None. Files must exist (name in message)."""
     if prompts == TOY_PROMPTS:
-        return None
+        return None if allow_toy else "the toy world's prompts are evaluated by eval=toy, not eval=self"
     if Path(prompts).suffix in (".jsonl", ".txt"):
         return None if Path(prompts).is_file() else f"prompt file {prompts} does not exist"
     from gapray.data.prompts import builtin_names

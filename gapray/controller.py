@@ -32,9 +32,9 @@ import numpy as np
 from gapray.algos.curriculum import make_curriculum
 from gapray.algos.pairs import build_pairs, select_sft
 from gapray.config import TOY_PROMPTS, Config, to_dict
+from gapray.eval.stage import EvalStage
 from gapray.storage import CorruptCheckpointError, RunDir
 from gapray.types import Prompt
-from gapray.models.base import guidance
 from gapray.workers.generation import Rollouts, generate_rollouts
 from gapray.workers.pool import WorkerError
 from gapray.workers.reward import Scores, score_rollouts
@@ -50,9 +50,6 @@ class RunStopped(RuntimeError):
 
 class ResumeError(RuntimeError):
     """`resume=RUN_DIR` cannot continue as asked (e.g. the newest checkpoint is corrupt)."""
-
-
-EVAL_KEYS = ("geneval_overall", "non_unification", "understanding_accuracy", "judge_balanced_accuracy")
 
 
 def load_prompt_set(name: str) -> list[Prompt]:
@@ -85,7 +82,14 @@ class Timer:
 class Controller:
     """Drives the roles; holds no model itself."""
 
-    def __init__(self, cfg: Config, run: RunDir, roles, prompts: list[Prompt] | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        run: RunDir,
+        roles,
+        prompts: list[Prompt] | None = None,
+        eval_prompts: list[Prompt] | None = None,
+    ):
         self.cfg, self.run, self.roles = cfg, run, roles
         c = cfg.curriculum
         self.curriculum = make_curriculum(
@@ -95,6 +99,7 @@ class Controller:
             cfg.run.seed,
             **_curriculum_kwargs(c),
         )
+        self.eval_stage = EvalStage(cfg, roles.generation, eval_prompts)
         self.sync = WeightSync(cfg.sync.bucket_mb)
         self.sync_targets = [roles.generation] + ([roles.reward] if cfg.reward.follow_policy else [])
         self.evals: dict[int, dict] = {}
@@ -196,17 +201,13 @@ class Controller:
 
     # ---------------------------------------------------------------------------- evaluation
     def evaluate(self, step: int) -> dict:
-        r = self.cfg.run
-        out = self.run.path(f"evals/step_{step:07d}")
-        metrics = self.roles.generation.call_one(
-            "evaluate",
-            str(out),
-            images_per_prompt=r.eval_images_per_prompt,
-            limit=r.eval_limit,
-            cfg_scale=guidance(self.cfg.generation.cfg_scale),
-            temperature=self.cfg.generation.temperature,
-            seed=r.seed,
-        )
+        """The configured evaluator over the generation pool; its headline metrics, named after
+        it ("self_non_unification", "toy_geneval_overall"), go into the step's metrics row.
+        A worker error stops the run with a resume hint (config.yaml is already written)."""
+        try:
+            _, metrics = self.eval_stage.evaluate(self.run.path(f"evals/step_{step:07d}"))
+        except WorkerError as err:
+            raise RunStopped(f"step {step} evaluation: {err}. {self._resume_hint()}") from None
         self.evals[step] = metrics
         return metrics
 
@@ -240,13 +241,13 @@ class Controller:
         r = self.cfg.run
         self.run.write_config(to_dict(self.cfg))
         if 0 not in self.evals:
-            self.run.log_metrics(0, {"step": 0, "version": 0, **_eval_cols(self.evaluate(0))})
+            self.run.log_metrics(0, {"step": 0, "version": 0, **self.evaluate(0)})
         bad = 0
         for step in range(self.start_step, r.steps + 1):
             row = self._guarded_step(step)
             bad = int(row.get("bad_steps_in_a_row", 0))
             if (r.eval_every and step % r.eval_every == 0) or step == r.steps:  # 0: start and end only
-                row.update(_eval_cols(self.evaluate(step)))
+                row.update(self.evaluate(step))
             self.run.log_metrics(step, row)
             if (r.checkpoint_every and step % r.checkpoint_every == 0) or step == r.steps:
                 self.checkpoint(step)
@@ -300,9 +301,10 @@ class Controller:
             "run_dir": str(self.run.root),
             "steps": self.cfg.run.steps,
             "version": self.sync.version,
+            "evaluator": self.eval_stage.name,
             "start": start,
             "final": final,
-            "delta": {k: _delta(final.get(k), start.get(k)) for k in EVAL_KEYS},
+            "delta": {k: _delta(final.get(k), v) for k, v in start.items()},
         }
         self.run.write_summary(summary)
         return summary
@@ -322,12 +324,6 @@ def _corrupt_message(err: CorruptCheckpointError, root: Path) -> str:
 
 def _delta(a, b):
     return None if a is None or b is None else a - b
-
-
-def _eval_cols(m: dict) -> dict:
-    return {k: m.get(k) for k in EVAL_KEYS} | {
-        f"geneval_{tag}": v for tag, v in (m.get("geneval_per_tag") or {}).items()
-    }
 
 
 def _pass_counts(samples: Rollouts, scored: Scores) -> dict[str, tuple[int, int]]:

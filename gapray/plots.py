@@ -31,12 +31,15 @@ from gapray.storage.atomic import atomic_path
 DEFAULT_SERIES: list[tuple[str, str]] = [
     ("mean_p_yes", "reward (mean P(yes))"),
     ("pass_rate", "pass rate"),
-    ("geneval_overall", "toy GenEval overall"),
-    ("non_unification", "non-unification"),
+    ("toy_geneval_overall", "toy GenEval overall (eval=toy)"),
+    ("self_non_unification", "non-unification (eval=self)"),
+    ("toy_non_unification", "non-unification (eval=toy)"),
     ("loss", "loss"),
 ]
 """(column, panel title) drawn when `series` is None; column names as logged by the controller
-and returned by `gapray.eval.toy_eval.evaluate`."""
+(evaluation columns carry their evaluator's prefix, gapray.eval.stage)."""
+EVAL_PREFIXES = ("toy_", "self_")
+"""Evaluation columns: their panels are drawn only for the evaluator a run used."""
 
 
 def _columns(metrics: pa.Table | Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -71,8 +74,11 @@ def plot_curves(
     series: Sequence[tuple[str, str]] | None = None,
 ) -> Path:
     """Write one PNG with a panel per (column, title) in `series` (x = step); returns its path."""
-    series = list(DEFAULT_SERIES if series is None else series)
     cols = _columns(metrics)
+    if series is None:
+        # The evaluation panels of the evaluator this run used (its columns carry its prefix).
+        series = [(c, t) for c, t in DEFAULT_SERIES if not c.startswith(EVAL_PREFIXES) or c in cols]
+    series = list(series)
     steps = cols.get("step", list(range(len(next(iter(cols.values()), [])))))
     n = max(len(series), 1)
     ncols = min(n, 3)

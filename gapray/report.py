@@ -41,7 +41,7 @@ matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # after choosing the backend
 from PIL import Image, ImageDraw, ImageFont
 
-from gapray.eval.toy_eval import grid_rows, make_grid
+from gapray.eval.images import grid_rows, make_grid
 from gapray.storage import RunDir
 from gapray.storage.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 
@@ -50,8 +50,12 @@ EVAL_MEASURES: list[tuple[str, str, bool]] = [
     ("non_unification", "non-unification (own images rejected)", False),
     ("understanding_accuracy", "understanding accuracy", True),
     ("judge_balanced_accuracy", "self-judge balanced accuracy", True),
+    ("mean_p_yes", "mean P(yes) of own images", True),
 ]
-"""(key, label, higher is better) of the start -> final table; keys as in results.json."""
+"""(key, label, higher is better) of the start -> final table; keys as in results.json (an
+evaluator reports some of them: toy the first four, self non-unification and mean P(yes))."""
+EVALUATORS = ("toy", "self")
+"""Prefixes of the evaluation columns in metrics.parquet (toy_geneval_overall, self_...)."""
 STEP_COLUMNS = ("step", "mean_p_yes", "pass_rate", "pairs", "loss", "time_step")
 """Columns of the per-step table (those the run logged)."""
 MAX_STEP_ROWS = 40
@@ -100,14 +104,19 @@ def _eval_folders(root: Path) -> dict[int, Path]:
 
 def _eval_results(folders: dict[int, Path], metrics: dict[str, list]) -> dict[int, dict]:
     """step -> eval metrics: results.json of each eval folder; eval rows of the metrics table
-    fill in steps whose folder is gone (geneval_<tag> columns become geneval_per_tag)."""
+    fill in steps whose folder is gone (<evaluator>_geneval_<tag> columns become
+    geneval_per_tag)."""
     evals = {s: json.loads((d / "results.json").read_text()) for s, d in folders.items()}
     steps = metrics.get("step", [])
-    overall = metrics.get("geneval_overall", [None] * len(steps))
-    for i, (s, g) in enumerate(zip(steps, overall, strict=True)):
-        if s is None or g is None or int(s) in evals:
+    marks = [c for c in (f"{e}_non_unification" for e in EVALUATORS) if c in metrics]
+    for i, s in enumerate(steps):
+        if s is None or int(s) in evals or all(metrics[c][i] is None for c in marks):
             continue
-        row = {k: metrics[k][i] for k in metrics}
+        row = {}
+        for k in metrics:
+            name = next((k.removeprefix(f"{e}_") for e in EVALUATORS if k.startswith(f"{e}_")), None)
+            if name is not None:
+                row[name] = metrics[k][i]
         tags = {k.removeprefix("geneval_"): v for k, v in row.items() if k.startswith("geneval_")}
         tags.pop("overall", None)
         evals[int(s)] = {**row, "geneval_per_tag": {t: v for t, v in tags.items() if v is not None}}
@@ -195,6 +204,12 @@ def _prompt_images(folder: Path, index: int, limit: int) -> list[Image.Image]:
     return images
 
 
+def _ok(record: dict) -> bool:
+    """The verdict that colours an image's frame: the evaluator's `ok` (toy: the verifier,
+    self: the model's own judge); runs written before it existed have `correct` only."""
+    return bool(record.get("ok", record.get("correct")))
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable default font
@@ -229,8 +244,8 @@ def before_after(
         if n == 0:
             continue
         text = f"[{va[i][0].get('tag')}] {va[i][0].get('prompt')}"
-        left_rows.append((text, imgs_a[:n], [bool(r["correct"]) for r in va[i][:n]]))
-        right_rows.append(("", imgs_b[:n], [bool(r["correct"]) for r in vb[i][:n]]))
+        left_rows.append((text, imgs_a[:n], [_ok(r) for r in va[i][:n]]))
+        right_rows.append(("", imgs_b[:n], [_ok(r) for r in vb[i][:n]]))
     if not left_rows:
         return None
     size = max(left_rows[0][1][0].size)
@@ -438,7 +453,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if made:
         parts.append(
             f'<p class="note">{made[1]} test prompts spread over the tags; left: step {s_first}, right: '
-            f"step {s_last}; frame green = the verifier found the image correct, red = not.</p>"
+            f"step {s_last}; frame green = the evaluator said yes (eval=toy: the exact verifier; eval=self: the model's own judge), red = no.</p>"
             '<p><img src="before_after.png" alt="before and after images"></p>'
         )
     elif s_first in folders and s_last is None:

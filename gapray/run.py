@@ -49,8 +49,8 @@ def build_roles(cfg: Config) -> Roles:
     import ray
 
     from gapray.placement import actor_options, place_roles
-    from gapray.workers.learner import LearnerGroup, LearnerWorker
     from gapray.workers.generation import GenerationWorker
+    from gapray.workers.learner import LearnerGroup, LearnerWorker
     from gapray.workers.pool import WorkerPool
     from gapray.workers.reward import RewardWorker
 
@@ -121,16 +121,46 @@ def parse(argv: list[str]) -> Config:
     return load_config(rest)
 
 
-def preflight(cfg: Config) -> list:
-    """Checks that need no Ray and no actor: the prompt set parses (file and line named) and
-    a checkpoint directory looks like one. Returns the prompts."""
+@dataclass(frozen=True)
+class Checked:
+    """What preflight loaded, so the run does not load it again."""
+
+    prompts: list  # the training prompt set
+    eval_prompts: list  # the evaluated prompt set
+
+
+def preflight(cfg: Config) -> Checked:
+    """Checks that need no Ray and no actor: the prompt sets parse (file and line named), a
+    checkpoint directory looks like one, and the evaluator can read the model's images."""
     from gapray.config import BUILTIN_MODELS
     from gapray.controller import load_prompt_set
+    from gapray.eval.stage import make_evaluator
     from gapray.models.janus import check_checkpoint_dir
 
     if cfg.model.name not in BUILTIN_MODELS:
         check_checkpoint_dir(Path(cfg.model.name))  # CheckpointError naming what is missing
-    return load_prompt_set(cfg.curriculum.prompts)
+    evaluator = make_evaluator(cfg.eval)
+    needs = getattr(evaluator, "image_size", None)  # an evaluator bound to one image size (toy)
+    if needs is not None:
+        size = model_image_size(cfg.model.name)
+        if size != needs:
+            raise ConfigError(
+                f"eval.kind={cfg.eval.kind!r}: the {evaluator.name} evaluator reads {needs} px images, "
+                f"but model {cfg.model.name!r} makes {size} px images; use eval=self",
+                ["eval.kind"],
+            )
+    return Checked(prompts=load_prompt_set(cfg.curriculum.prompts), eval_prompts=evaluator.prompts())
+
+
+def model_image_size(name: str) -> int:
+    """The side in pixels of the images a model generates, read from its config.json (a
+    checkpoint) or from the model built in code, without loading any weights file."""
+    from gapray.models import TOY_CHECKPOINT, load_model
+
+    path = TOY_CHECKPOINT if name == "toy" else Path(name)
+    if path.is_dir():
+        return int(json.loads((path / "config.json").read_text())["vision_config"]["image_size"])
+    return int(load_model(name).image_size)  # built in code ("tiny"): small, random weights
 
 
 def execute(cfg: Config, progress: bool | None = None) -> dict:
@@ -146,7 +176,7 @@ def execute(cfg: Config, progress: bool | None = None) -> dict:
     from gapray.placement import check_resources, connect_ray
     from gapray.storage import RunDir
 
-    prompts = preflight(cfg)
+    checked = preflight(cfg)
     out_dir = resolve_out_dir(cfg)
     where = connect_ray(cfg)
     roles = None
@@ -154,7 +184,7 @@ def execute(cfg: Config, progress: bool | None = None) -> dict:
         check_resources(cfg, ray.cluster_resources())
         roles = build_roles(cfg)
         run = RunDir(out_dir)
-        controller = Controller(cfg, run, roles, prompts)
+        controller = Controller(cfg, run, roles, checked.prompts, checked.eval_prompts)
         if cfg.run.resume:
             controller.resume()
         print(
@@ -216,8 +246,9 @@ def _progress(cfg: Config, start: int):
         }
         if "loss" in row:
             post["loss"] = f"{row['loss']:.3f}"
-        if row.get("geneval_overall") is not None:
-            post["geneval"] = f"{row['geneval_overall']:.3f}"
+        for key, short in (("toy_geneval_overall", "geneval"), ("self_non_unification", "non_unif")):
+            if row.get(key) is not None:
+                post[short] = f"{row[key]:.3f}"
         bar.set_postfix(post)
         bar.update(1)
         if step == cfg.run.steps:

@@ -11,7 +11,7 @@ TINY_RUN = [
     "pairs.min_chosen=0",
     "curriculum.prompts_per_step=4",
     "generation.images_per_prompt=4",
-    "run.eval_limit=4",
-    "run.eval_images_per_prompt=2",
+    "eval.limit=4",
+    "eval.images_per_prompt=2",
     "run.progress=false",
 ]

@@ -17,8 +17,8 @@ TINY = [
     "pairs.min_chosen=0",
     "curriculum.prompts_per_step=2",
     "generation.images_per_prompt=2",
-    "run.eval_limit=2",
-    "run.eval_images_per_prompt=2",
+    "eval.limit=2",
+    "eval.images_per_prompt=2",
     "run.checkpoint_every=1",
 ]
 

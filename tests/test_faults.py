@@ -25,8 +25,8 @@ from conftest import TINY_RUN
 from gapray.controller import row_seeds
 from gapray.run import main
 from gapray.storage import RunDir
-from gapray.workers.learner import LearnerWorker
 from gapray.workers.generation import GenerationWorker
+from gapray.workers.learner import LearnerWorker
 from gapray.workers.reward import RewardWorker
 
 pytestmark = [pytest.mark.ray, pytest.mark.fault, pytest.mark.slow]

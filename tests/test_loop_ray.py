@@ -31,7 +31,15 @@ def ray_local():
 def test_tiny_run_learns_syncs_and_records_versions(ray_local, tmp_path):
     out = tmp_path / "run"
     cfg = load_config(
-        [*TINY, "run.steps=3", "run.eval_every=3", "run.checkpoint_every=3", f"run.out_dir={out}"]
+        [
+            *TINY,
+            "generation.num_workers=2",
+            "generation.cpus_per_worker=0.5",
+            "run.steps=3",
+            "run.eval_every=3",
+            "run.checkpoint_every=3",
+            f"run.out_dir={out}",
+        ]
     )
     summary = execute(cfg)
     assert summary["version"] == 3
@@ -54,7 +62,16 @@ def test_tiny_run_learns_syncs_and_records_versions(ray_local, tmp_path):
     changed = [n for n, t in state["trainable"].items() if not torch.equal(t, initial[n].detach())]
     assert len(changed) == len(state["trainable"]) > 0
     assert (out / "curves.png").is_file() and (out / "summary.json").is_file()
-    assert set(summary["start"]) >= {"geneval_overall", "non_unification", "understanding_accuracy"}
+    # eval=self (the tiny model is not the toy world's): its metrics carry the evaluator's name,
+    # and both generation workers evaluated a share of the prompts.
+    assert summary["evaluator"] == "self"
+    assert set(summary["start"]) >= {"self_non_unification", "self_mean_p_yes"}
+    assert not any(k.startswith("toy_") or k.startswith("geneval") for k in summary["start"])
+    assert metrics[0]["self_non_unification"] == summary["start"]["self_non_unification"]
+    for step in (0, 3):
+        results = RunDir(out).read_json(f"evals/step_{step:07d}/results.json")
+        assert results["workers"] == 2 and results["n_prompts"] == 4 and results["n_images"] == 8
+        assert results["version"] == step
 
 
 def test_every_worker_holds_the_pushed_version(ray_local):

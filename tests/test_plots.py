@@ -17,7 +17,8 @@ from gapray.storage import RunDir
 def _rows():
     rows = [{"step": s, "mean_p_yes": 0.5 + 0.01 * s, "loss": 1.0 / (s + 1)} for s in range(30)]
     for r in rows[::10]:
-        r["geneval_overall"] = 0.3 + r["step"] / 100  # eval rows only
+        r["toy_geneval_overall"] = 0.3 + r["step"] / 100  # eval rows only
+        r["toy_non_unification"] = None
     return rows
 
 
@@ -36,8 +37,9 @@ def test_plot_from_run_dir_sparse_and_missing(tmp_path, monkeypatch):
     out = plot_curves(run.read_metrics(), tmp_path / "curves.png")
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 100
-    assert "pass rate (no data)" in titles and "non-unification (no data)" in titles
-    assert "toy GenEval overall" in titles and "loss" in titles
+    assert "pass rate (no data)" in titles and "non-unification (eval=toy) (no data)" in titles
+    assert "toy GenEval overall (eval=toy)" in titles and "loss" in titles
+    assert not any("eval=self" in t for t in titles)  # another evaluator's panels are left out
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["curves.png"]  # no temp left
 
 

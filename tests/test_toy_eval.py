@@ -16,11 +16,10 @@ import torch
 from PIL import Image
 
 from gapray.eval.geneval import evaluate_image
+from gapray.eval.images import grid_rows, make_grid
 from gapray.eval.toy_eval import (
     evaluate,
-    grid_rows,
     main,
-    make_grid,
     self_judge_metrics,
     understanding_metrics,
 )

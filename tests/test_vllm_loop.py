@@ -37,8 +37,8 @@ def test_loop_with_the_vllm_backend(ray_local, tmp_path):
             "generation.images_per_prompt=4",
             "run.steps=2",
             "run.eval_every=2",
-            "run.eval_limit=2",
-            "run.eval_images_per_prompt=2",
+            "eval.limit=2",
+            "eval.images_per_prompt=2",
             "run.progress=false",
             f"run.out_dir={out}",
         ]

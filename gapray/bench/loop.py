@@ -102,8 +102,8 @@ class LocalSync:
 def sequential_roles(cfg: Config):
     """The roles of `build_roles`, as plain objects in this process (same classes, same threads)."""
     from gapray.run import Roles, _threads
-    from gapray.workers.learner import LearnerWorker
     from gapray.workers.generation import GenerationWorker
+    from gapray.workers.learner import LearnerWorker
     from gapray.workers.reward import RewardWorker
 
     m, g, r, ln = cfg.model, cfg.generation, cfg.reward, cfg.learner

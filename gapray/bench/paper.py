@@ -100,9 +100,10 @@ def make_plan(args: argparse.Namespace, scratch: Path) -> Plan:
         groups = {p.stem for p in (default_config_dir() / "model").glob("*.yaml")}
         select = [f"model={args.model}" if args.model in groups else f"model.name={args.model}"]
     user = list(args.overrides)
-    common = [*select, *user]
+    # The table is the toy world's: its exact verifier is the evaluator of every row.
+    common = [*select, "eval=toy", *user]
     if load_config(common).model.name == "tiny" and not any(o.startswith("pairs") for o in user):
-        common = [*select, *TINY_DEFAULTS, *user]
+        common = [*select, "eval=toy", *TINY_DEFAULTS, *user]
     if args.steps is not None:
         common.append(f"run.steps={args.steps}")
     rows = [ROW_BY_KEY[k] for k in args.rows]
@@ -173,8 +174,9 @@ def base_only_evals(plan: Plan) -> list[dict]:
     """Start evaluations when no trained row was asked for: the run's evaluation, in-process."""
     import torch
 
+    from gapray.eval.base import run_local
+    from gapray.eval.stage import eval_settings, make_evaluator
     from gapray.run import _threads
-    from gapray.models.base import guidance
     from gapray.workers.generation import GenerationWorker
 
     out = []
@@ -186,23 +188,21 @@ def base_only_evals(plan: Plan) -> list[dict]:
             t0 = time.perf_counter()
             g = dataclasses.replace(cfg.generation, backend="hf")
             worker = GenerationWorker(cfg.model, g, _threads(cfg, g.cpus_per_worker))
-            r = cfg.run
-            m = worker.evaluate(
-                None,
-                images_per_prompt=r.eval_images_per_prompt,
-                limit=r.eval_limit,
-                cfg_scale=guidance(g.cfg_scale),
-                temperature=g.temperature,
-                seed=seed,
-            )
-            out.append({"seed": seed, "start": _metrics(m), "wall_s": round(time.perf_counter() - t0, 1)})
+            evaluator = make_evaluator(cfg.eval)
+            results = run_local(evaluator, worker.model, None, eval_settings(cfg), limit=cfg.eval.limit)
+            flat = {f"{evaluator.name}_{k}": v for k, v in evaluator.headline(results).items()}
+            out.append({"seed": seed, "start": _metrics(flat), "wall_s": round(time.perf_counter() - t0, 1)})
     finally:
         torch.set_num_threads(threads)
     return out
 
 
 def _metrics(m: dict) -> dict:
-    return {k: m.get(k) for k in METRICS} | {"geneval_per_tag": dict(m.get("geneval_per_tag") or {})}
+    """A run's flat evaluation metrics (toy_geneval_overall, toy_geneval_<tag>, ...) -> this
+    table's record (geneval_overall, ..., geneval_per_tag)."""
+    tags = {k.removeprefix("toy_geneval_"): v for k, v in m.items() if k.startswith("toy_geneval_")}
+    tags.pop("overall", None)
+    return {k: m.get(f"toy_{k}") for k in METRICS} | {"geneval_per_tag": tags}
 
 
 def _run_line(rec: dict) -> str:
@@ -416,7 +416,11 @@ def bench(args: argparse.Namespace, argv: list[str], scratch: Path, out: Path) -
         "seeds": plan.seeds,
         "common_overrides": plan.common,
         "budget": plan.budget,
-        "eval": {"images_per_prompt": ref.run.eval_images_per_prompt, "limit": ref.run.eval_limit},
+        "eval": {
+            "kind": ref.eval.kind,
+            "images_per_prompt": ref.eval.images_per_prompt,
+            "limit": ref.eval.limit,
+        },
         "targets": {
             "rows": list(TARGET_ROWS),
             "geneval_gain": GENEVAL_GAIN,

@@ -26,7 +26,6 @@ With an output folder it also writes the images in GenEval's layout
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -36,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
+from gapray.eval.base import EvalSettings, EvalShare, run_local
 from gapray.eval.geneval import evaluate_image, score_geneval
+from gapray.eval.images import generate_and_judge, tile, write_prompt_folder
 from gapray.toy.detector import ToyDetector
 from gapray.toy.render import render
-from gapray.toy.world import make_splits, near_miss, sample_scene
+from gapray.toy.world import IMAGE_SIZE, make_splits, near_miss, sample_scene
 from gapray.types import GENEVAL_TAGS, Prompt
 
 SPLIT_SEED = 0
@@ -49,11 +49,6 @@ SPLIT_SEED = 0
 DEFAULT_CFG_SCALE = 5.0
 """Janus-Pro's CFG weight; used when the checkpoint's gapray_adapter.json names none."""
 DEFAULT_TEMPERATURE = 1.0
-GRID_ROWS = 16
-"""Prompts shown in grid.png (spread over the tags)."""
-GRID_SCALE = 4
-"""Nearest-neighbour upscaling of each tile in grid.png (32 px -> 128 px)."""
-GREEN, RED = (0, 170, 0), (230, 0, 0)
 
 
 # --- pure metric functions ------------------------------------------------------------------
@@ -103,7 +98,7 @@ def understanding_metrics(tags: Sequence[str], answers: Sequence[bool], decision
     }
 
 
-# --- progress and atomic files ----------------------------------------------------------------
+# --- progress ---------------------------------------------------------------------------------
 
 
 class _Progress:
@@ -128,82 +123,19 @@ class _Progress:
         print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # Temp name in the same directory, then rename: a killed run leaves the old file or none.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+# --- the evaluator ----------------------------------------------------------------------------
 
 
-def _png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-# --- the grid ---------------------------------------------------------------------------------
-
-
-def grid_rows(prompts: Sequence[Prompt], max_rows: int = GRID_ROWS) -> list[int]:
-    """Indices of up to `max_rows` prompts, taken round-robin over the tags (so every tag shows
-    up), returned in split order."""
-    by_tag: dict[str | None, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_tag.setdefault(p.tag, []).append(i)
-    chosen: list[int] = []
-    for k in range(max(map(len, by_tag.values()), default=0)):
-        for idx in by_tag.values():
-            if k < len(idx) and len(chosen) < max_rows:
-                chosen.append(idx[k])
-    return sorted(chosen)
-
-
-def make_grid(
-    rows: Sequence[tuple[str, Sequence[Image.Image], Sequence[bool]]],
-    scale: int = GRID_SCALE,
-    border: int = 3,
-) -> Image.Image:
-    """One row per prompt: its text, then its images upscaled (nearest) by `scale`, each framed
-    by a `border`-px frame, green when the verifier found it correct, red when not."""
-    if not rows:
-        raise ValueError("make_grid: no rows")
-    w, h = rows[0][1][0].size
-    tile_w, tile_h = w * scale + 2 * border, h * scale + 2 * border
-    gap = 4
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = int(max(probe.textlength(text) for text, _, _ in rows)) + 2 * gap
-    cols = max(len(images) for _, images, _ in rows)
-    grid = Image.new("RGB", (label_w + cols * (tile_w + gap), len(rows) * (tile_h + gap) + gap), "white")
-    draw = ImageDraw.Draw(grid)
-    for r, (text, images, verdicts) in enumerate(rows):
-        y = gap + r * (tile_h + gap)
-        draw.text((gap, y + tile_h // 2), text, fill="black", anchor="lm")
-        for c, (image, ok) in enumerate(zip(images, verdicts, strict=True)):
-            x = label_w + c * (tile_w + gap)
-            draw.rectangle((x, y, x + tile_w - 1, y + tile_h - 1), fill=GREEN if ok else RED)
-            grid.paste(
-                image.convert("RGB").resize((w * scale, h * scale), Image.NEAREST), (x + border, y + border)
-            )
-    return grid
-
-
-# --- evaluation -------------------------------------------------------------------------------
-
-
-def understanding_eval(
-    model, prompts: Sequence[Prompt], *, n_questions: int | None, seed: int, batch_size: int, progress: bool
-) -> dict:
-    """Balanced yes/no questions about rendered ground-truth scenes: for each prompt (or a
-    seeded subset of `n_questions` of them) one scene of the prompt, asked about the prompt
-    (answer yes) and about a near miss of it (answer no)."""
-    chosen = range(len(prompts))
-    if n_questions is not None and n_questions < len(prompts):
-        chosen = sorted(np.random.default_rng([seed, 2]).choice(len(prompts), n_questions, replace=False))
+def understanding_questions(
+    model, prompts: Sequence[Prompt], indices: Sequence[int], *, seed: int, batch_size: int, progress: bool
+) -> list[tuple[str | None, bool, bool]]:
+    """Balanced yes/no questions about rendered ground-truth scenes: for each prompt one scene
+    of the prompt, asked about the prompt (answer yes) and about a near miss of it (answer no).
+    Returns (tag, answer, decision) per question."""
     images, texts, answers, tags = [], [], [], []
-    for i in chosen:
-        # Per-prompt generators keyed by the prompt's index, so a subset or a --limit run asks
+    for i, p in zip(indices, prompts, strict=True):
+        # Generators keyed by the prompt's index in the set, so a share or a --limit run asks
         # the same questions about the same scenes as the full run.
-        p = prompts[i]
         image = render(sample_scene(p, np.random.default_rng([seed, int(i), 0])))
         negative = near_miss(p, np.random.default_rng([seed, int(i), 1]))
         images += [image, image]
@@ -214,9 +146,100 @@ def understanding_eval(
     decisions: list[bool] = []
     for s in range(0, len(images), batch_size):
         verdict = model.judge(images[s : s + batch_size], texts[s : s + batch_size])
-        decisions += verdict.decision.tolist()
+        decisions += [bool(d) for d in verdict.decision.tolist()]
         bar.update(len(images[s : s + batch_size]))
-    return understanding_metrics(tags, answers, decisions)
+    return list(zip(tags, answers, decisions, strict=True))
+
+
+class ToyEvaluator:
+    """The toy world's exact evaluation: GenEval's rules on the exact detector, understanding on
+    rendered scenes, and the self-judge against the verifier. Only for models whose images are
+    the toy world's (IMAGE_SIZE px); preflight refuses it for any other."""
+
+    name = "toy"
+    image_size = IMAGE_SIZE
+
+    def __init__(self, split: str = "test", progress: bool = False):
+        splits = make_splits(SPLIT_SEED)
+        if split not in splits:
+            raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
+        self.split, self.progress = split, progress
+
+    def prompts(self) -> list[Prompt]:
+        return make_splits(SPLIT_SEED)[self.split]
+
+    def share(self, model, prompts, indices, settings: EvalSettings, out, shown) -> EvalShare:
+        result = EvalShare(
+            questions=understanding_questions(
+                model,
+                prompts,
+                indices,
+                seed=settings.seed,
+                batch_size=settings.batch_size,
+                progress=self.progress,
+            )
+        )
+        n = settings.images_per_prompt
+        detector = ToyDetector()
+        bar = _Progress("generated images", len(prompts) * n, self.progress)
+        for index, p, images, judged in generate_and_judge(
+            model,
+            prompts,
+            indices,
+            n=n,
+            cfg_scale=settings.cfg_scale,
+            temperature=settings.temperature,
+            seed=settings.seed,
+            batch_size=settings.batch_size,
+            on_rows=bar.update,
+        ):
+            for k, image in enumerate(images):
+                ok, reasons = evaluate_image(p, detector.detect(image))
+                result.records.append(
+                    {
+                        "index": index,
+                        "sample": k,
+                        "prompt_id": p.id,
+                        "tag": p.tag,
+                        "prompt": p.text,
+                        "correct": ok,
+                        "reasons": reasons,
+                        "judge_p_yes": judged.p_yes[k],
+                        "judge_yes": judged.yes[k],
+                        "ok": ok,
+                    }
+                )
+            if index in shown:
+                result.tiles[index] = [tile(im) for im in images]
+            if out is not None:
+                write_prompt_folder(Path(out) / f"{index:05d}", p, images)
+        return result
+
+    def summarize(self, prompts, merged: EvalShare, settings: EvalSettings) -> dict[str, Any]:
+        n = settings.images_per_prompt
+        correct = [r["correct"] for r in merged.records]  # rows grouped by prompt, in index order
+        accepted = [r["judge_yes"] for r in merged.records]
+        geneval = score_geneval([(p, correct[i * n : (i + 1) * n]) for i, p in enumerate(prompts)])
+        tags, answers, decisions = (list(c) for c in zip(*merged.questions, strict=True))
+        return {
+            "split": self.split,
+            "n_prompts": len(prompts),
+            "n_images": len(correct),
+            "images_per_prompt": n,
+            "cfg_scale": settings.cfg_scale,
+            "temperature": settings.temperature,
+            "seed": settings.seed,
+            "geneval_overall": geneval["overall"],
+            "geneval_per_tag": {t: geneval["per_tag"][t] for t in GENEVAL_TAGS if t in geneval["per_tag"]},
+            **understanding_metrics(tags, answers, decisions),
+            **self_judge_metrics(correct, accepted),
+        }
+
+    def headline(self, results: dict) -> dict[str, float | None]:
+        keys = ("geneval_overall", "non_unification", "understanding_accuracy", "judge_balanced_accuracy")
+        return {k: results.get(k) for k in keys} | {
+            f"geneval_{tag}": v for tag, v in (results.get("geneval_per_tag") or {}).items()
+        }
 
 
 def evaluate(
@@ -225,7 +248,6 @@ def evaluate(
     *,
     split: str = "test",
     images_per_prompt: int = 4,
-    n_questions: int | None = None,
     cfg_scale: float | None = DEFAULT_CFG_SCALE,
     temperature: float = DEFAULT_TEMPERATURE,
     seed: int = 0,
@@ -234,114 +256,16 @@ def evaluate(
     limit: int | None = None,
     meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `model` (a `UnifiedModel`) on the toy split; returns the metrics dict (see the
-    module docstring), also written to `<out_dir>/results.json` with the images when out_dir is
-    given. `limit` keeps the first N prompts; `meta` entries lead the results (checkpoint name)."""
+    """Evaluate `model` (a `UnifiedModel`) on the toy split in this process; returns the
+    metrics dict (see the module docstring), also written to `<out_dir>/results.json` with the
+    images when out_dir is given. `limit` keeps the first N prompts; `meta` entries lead the
+    results (checkpoint name)."""
     if images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be >= 1, got {images_per_prompt}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    splits = make_splits(SPLIT_SEED)
-    if split not in splits:
-        raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
-    prompts = splits[split][:limit] if limit is not None else splits[split]
-    if not prompts:
-        raise ValueError("no prompts to evaluate (limit < 1?)")
-    start = time.perf_counter()
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-
-    und = understanding_eval(
-        model, prompts, n_questions=n_questions, seed=seed, batch_size=batch_size, progress=progress
-    )
-
-    n = images_per_prompt
-    detector = ToyDetector()
-    shown = set(grid_rows(prompts))
-    grid_images: dict[int, list[Image.Image]] = {}
-    correct: list[bool] = []  # (P * n,) verifier verdicts, rows grouped by prompt
-    accepted: list[bool] = []  # (P * n,) the model's own judge on (own image, own prompt)
-    records: list[str] = []  # verdicts.jsonl lines
-    per_chunk = max(1, batch_size // n)  # prompts per generate call: about batch_size rows
-    bar = _Progress("generated images", len(prompts) * n, progress)
-    for lo in range(0, len(prompts), per_chunk):
-        chunk = prompts[lo : lo + per_chunk]
-        # Row r of the whole run (prompt r // n) draws from seed*1_000_003 + r whatever the
-        # chunking, so a --limit run makes exactly the first images of the full run.
-        seeds = [seed * 1_000_003 + lo * n + r for r in range(len(chunk) * n)]
-        tokens = model.generate(
-            [p.text for p in chunk],
-            n=n,
-            cfg_scale=cfg_scale,
-            temperature=temperature,
-            seed=seeds,
-            batch_size=batch_size,
-        )  # (len(chunk) * n, T)
-        images = model.decode(tokens)
-        texts = [p.text for p in chunk for _ in range(n)]
-        judged = model.judge(images, texts)  # p_yes, decision: (len(chunk) * n,)
-        for j, p in enumerate(chunk):
-            index = lo + j
-            mine = images[j * n : (j + 1) * n]
-            for k, image in enumerate(mine):
-                ok, reasons = evaluate_image(p, detector.detect(image))
-                yes = bool(judged.decision[j * n + k])
-                correct.append(ok)
-                accepted.append(yes)
-                records.append(
-                    json.dumps(
-                        {
-                            "index": index,
-                            "sample": k,
-                            "prompt_id": p.id,
-                            "tag": p.tag,
-                            "prompt": p.text,
-                            "correct": ok,
-                            "reasons": reasons,
-                            "judge_p_yes": round(float(judged.p_yes[j * n + k]), 6),
-                            "judge_yes": yes,
-                        }
-                    )
-                )
-            if index in shown:
-                grid_images[index] = mine
-            if out is not None:
-                _write_prompt_folder(out / f"{index:05d}", p, mine)
-        bar.update(len(chunk) * n)
-
-    geneval = score_geneval([(p, correct[i * n : (i + 1) * n]) for i, p in enumerate(prompts)])
-    results: dict[str, Any] = dict(meta or {})
-    results.update(
-        {
-            "split": split,
-            "n_prompts": len(prompts),
-            "n_images": len(correct),
-            "images_per_prompt": n,
-            "cfg_scale": cfg_scale,
-            "temperature": temperature,
-            "seed": seed,
-            "geneval_overall": geneval["overall"],
-            "geneval_per_tag": {t: geneval["per_tag"][t] for t in GENEVAL_TAGS if t in geneval["per_tag"]},
-            **und,
-            **self_judge_metrics(correct, accepted),
-        }
-    )
-    results["seconds"] = round(time.perf_counter() - start, 2)
-    if out is not None:
-        rows = [(prompts[i].text, grid_images[i], correct[i * n : (i + 1) * n]) for i in sorted(grid_images)]
-        _atomic_write(out / "grid.png", _png_bytes(make_grid(rows)))
-        _atomic_write(out / "verdicts.jsonl", ("\n".join(records) + "\n").encode())
-        _atomic_write(out / "results.json", (json.dumps(results, indent=2, allow_nan=False) + "\n").encode())
-    return results
-
-
-def _write_prompt_folder(folder: Path, prompt: Prompt, images: Sequence[Image.Image]) -> None:
-    """GenEval's layout: metadata.jsonl (the prompt's record, one line) and samples/NNNN.png."""
-    (folder / "samples").mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / "metadata.jsonl", (json.dumps(prompt.to_geneval()) + "\n").encode())
-    for k, image in enumerate(images):
-        _atomic_write(folder / "samples" / f"{k:04d}.png", _png_bytes(image))
+    settings = EvalSettings(images_per_prompt, cfg_scale, temperature, seed, batch_size)
+    return run_local(ToyEvaluator(split, progress), model, out_dir, settings, limit=limit, meta=meta)
 
 
 # --- the command ------------------------------------------------------------------------------

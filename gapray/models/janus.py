@@ -449,7 +449,7 @@ class JanusAdapter:
             lse_no = logp[:, self.no_ids].logsumexp(-1)
             scores.append(torch.sigmoid(lse_yes - lse_no))  # = P(yes) / (P(yes) + P(no))
         p_yes = torch.cat(scores).cpu()
-        return Judgement(p_yes=p_yes, decision=p_yes > self.threshold)
+        return Judgement(p_yes=p_yes, decision=p_yes >= self.threshold)  # s = 1 when S >= threshold
 
 
 def check_checkpoint_dir(p: Path) -> None:

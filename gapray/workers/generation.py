@@ -95,13 +95,12 @@ class GenerationWorker(ModelWorker):
             )
         return tokens.cpu().numpy().astype(np.int32), self.version
 
-    def evaluate(self, out_dir: str | None, **kwargs) -> dict:
-        """The toy-world evaluation of the weights this worker holds now."""
-        from gapray.eval.toy_eval import evaluate
-
-        metrics = evaluate(self.model, out_dir, progress=False, **kwargs)
-        metrics["version"] = self.version
-        return metrics
+    def eval_share(self, evaluator, prompts, indices, settings, out_dir: str | None, shown: set[int]):
+        """One share of an evaluation (gapray.eval.stage) with the weights this worker holds
+        now, through its transformers adapter (which follows every update on both backends)."""
+        share = evaluator.share(self.model, prompts, indices, settings, out_dir, shown)
+        share.version = self.version
+        return share
 
 
 def generate_rollouts(

@@ -1,7 +1,7 @@
 """What generation and reward workers share: the model they hold, its version, weight loading.
 
-    worker = ModelWorker(model_cfg, threads=2, lora_scaling=1.0)
-    worker.load_weights(version, bucket_refs)   # a WeightSync push, applied in place
+worker = ModelWorker(model_cfg, threads=2, lora_scaling=1.0)
+worker.load_weights(version, bucket_refs)   # a WeightSync push, applied in place
 """
 
 from __future__ import annotations

@@ -1,0 +1,134 @@
+"""The evaluator seam: what an evaluator computes on a worker, what comes back, what is written.
+
+An evaluator (`self_eval.SelfEvaluator`, `toy_eval.ToyEvaluator`) has a prompt set and four
+steps: `share` runs on a generation worker over some of the prompts (images, own judgements,
+the evaluator's own checks) and returns an `EvalShare`; the driver merges the shares,
+`summarize`s them into the results dict (results.json), takes the `headline` scalars for
+metrics.parquet / summary.json, and `write_outputs` writes verdicts.jsonl, results.json and
+grid.png beside the images the workers wrote in GenEval's folder layout.
+
+    settings = EvalSettings(images_per_prompt=4, cfg_scale=5.0, temperature=1.0, seed=0, batch_size=16)
+    results = run_local(ToyEvaluator(), model, "runs/eval-toy", settings)   # one process
+    EvalStage(...).evaluate(step)                                         # over the pool (stage.py)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from gapray.eval.images import grid_rows, make_grid, open_png, png_bytes
+from gapray.storage.atomic import atomic_write_bytes, atomic_write_text
+from gapray.types import Prompt
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How the images of an evaluation are drawn; the same on every worker."""
+
+    images_per_prompt: int
+    cfg_scale: float | None
+    """The adapters' CFG argument (None = no guidance; see models.base.guidance)."""
+    temperature: float
+    seed: int
+    batch_size: int
+
+
+@dataclass
+class EvalShare:
+    """One worker's part of an evaluation (or the merge of all parts)."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    """One per image: index, sample, prompt_id, tag, prompt, judge_p_yes, judge_yes, ok (the
+    verdict that colours its grid frame) and the evaluator's own fields."""
+    questions: list[tuple[str | None, bool, bool]] = field(default_factory=list)
+    """Understanding questions asked, if the evaluator asks any: (tag, true answer, decision)."""
+    tiles: dict[int, list[bytes]] = field(default_factory=dict)
+    """Grid tiles (PNG bytes) of the prompts shown in grid.png, by prompt index."""
+    version: int = 0
+    """Policy version of the weights that made the images."""
+
+
+def merge_shares(shares: Sequence[EvalShare]) -> EvalShare:
+    """Shares in prompt order -> one share; all of them must come from the same weights."""
+    versions = {s.version for s in shares}
+    if len(versions) > 1:
+        raise RuntimeError(f"evaluation shares come from different policy versions {sorted(versions)}")
+    out = EvalShare(version=versions.pop() if versions else 0)
+    for s in shares:
+        out.records += s.records
+        out.questions += s.questions
+        out.tiles |= s.tiles
+    out.records.sort(key=lambda r: (r["index"], r["sample"]))
+    return out
+
+
+class Evaluator(Protocol):
+    name: str
+    """Prefix of every metric it logs in a run ("self_non_unification", "toy_geneval_overall")."""
+
+    def prompts(self) -> list[Prompt]:
+        """The evaluated prompt set, in index order."""
+        ...
+
+    def share(
+        self,
+        model,
+        prompts: Sequence[Prompt],
+        indices: Sequence[int],
+        settings: EvalSettings,
+        out: Path | None,
+        shown: set[int],
+    ) -> EvalShare:
+        """Evaluate `prompts` (index `indices[j]` in the set) with `model`; write their folders
+        under `out`; return tiles for the indices in `shown`."""
+        ...
+
+    def summarize(self, prompts: Sequence[Prompt], merged: EvalShare, settings: EvalSettings) -> dict:
+        """The results dict (results.json) from all shares."""
+        ...
+
+    def headline(self, results: dict) -> dict[str, float | None]:
+        """The scalar metrics a run logs, unprefixed ("non_unification", "non_unification_colors")."""
+        ...
+
+
+def write_outputs(out: Path, prompts: Sequence[Prompt], merged: EvalShare, results: dict) -> None:
+    """verdicts.jsonl (one line per image), results.json and grid.png, each written atomically."""
+    rows = []
+    for index in sorted(merged.tiles):
+        mine = [r for r in merged.records if r["index"] == index]
+        rows.append(
+            (prompts[index].text, [open_png(t) for t in merged.tiles[index]], [r["ok"] for r in mine])
+        )
+    if rows:
+        atomic_write_bytes(out / "grid.png", png_bytes(make_grid(rows)))
+    atomic_write_text(out / "verdicts.jsonl", "".join(json.dumps(r) + "\n" for r in merged.records))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
+
+
+def run_local(
+    evaluator: Evaluator,
+    model,
+    out_dir: str | Path | None,
+    settings: EvalSettings,
+    *,
+    limit: int | None = None,
+    meta: dict | None = None,
+) -> dict:
+    """The whole evaluation in this process (`gapray eval`): one share of every prompt."""
+    prompts = evaluator.prompts()[:limit] if limit is not None else evaluator.prompts()
+    if not prompts:
+        raise ValueError("no prompts to evaluate (limit < 1?)")
+    start = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else None
+    share = evaluator.share(model, prompts, range(len(prompts)), settings, out, set(grid_rows(prompts)))
+    results = dict(meta or {}) | evaluator.summarize(prompts, merge_shares([share]), settings)
+    results["seconds"] = round(time.perf_counter() - start, 2)
+    if out is not None:
+        write_outputs(out, prompts, merge_shares([share]), results)
+    return results

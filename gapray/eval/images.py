@@ -1,0 +1,163 @@
+"""What every evaluator does with images: sample them with fixed seeds, judge them with the
+model's own understanding, write them in GenEval's folder layout, and draw the grid.
+
+Where it sits: under the evaluators (`self_eval.py`, `toy_eval.py`), which run on the
+generation pool's workers one share of prompts each (`stage.py` splits and gathers). Every
+image is addressed by (prompt index in the evaluated set, sample k), and its seed depends on
+those alone (`eval_seeds`), so a share, a `--limit` run or a rerun on other workers draws
+exactly the same images as the whole set on one worker.
+
+    for index, prompt, images, judged in generate_and_judge(model, prompts, indices, n=4, ...):
+        write_prompt_folder(out / f"{index:05d}", prompt, images)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from gapray.storage.atomic import atomic_write_bytes, atomic_write_text
+from gapray.types import Prompt
+
+GRID_ROWS = 16
+"""Prompts shown in grid.png (spread over the tags)."""
+GRID_TILE = 128
+"""Grid tiles are scaled to this many pixels a side (a 32 px toy image x4, a 384 px one /3)."""
+GREEN, RED = (0, 170, 0), (230, 0, 0)
+
+
+def eval_seeds(seed: int, index: int, n: int) -> list[int]:
+    """The sampling seeds of prompt `index`'s n evaluation images: image k of prompt i is row
+    i*n + k of the whole set, seeded seed*1_000_003 + row (the adapter's rule for one int seed,
+    so a one-call evaluation of the whole set draws the same images)."""
+    return [seed * 1_000_003 + index * n + k for k in range(n)]
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The model's own verdicts on one prompt's n images."""
+
+    p_yes: list[float]
+    """(n,) P(yes) / (P(yes) + P(no))."""
+    yes: list[bool]
+    """(n,) the judge's decision."""
+
+
+def generate_and_judge(
+    model,
+    prompts: Sequence[Prompt],
+    indices: Sequence[int],
+    *,
+    n: int,
+    cfg_scale: float | None,
+    temperature: float,
+    seed: int,
+    batch_size: int,
+    question: str | None = None,
+    on_rows=None,
+) -> Iterator[tuple[int, Prompt, list[Image.Image], Judged]]:
+    """n images for each prompt (prompts[j] has index indices[j] in the evaluated set), decoded
+    and judged by the same model, about batch_size rows per call. Yields per prompt."""
+    per_chunk = max(1, batch_size // n)  # prompts per generate call: about batch_size rows
+    for lo in range(0, len(prompts), per_chunk):
+        chunk, where = prompts[lo : lo + per_chunk], indices[lo : lo + per_chunk]
+        seeds = [s for i in where for s in eval_seeds(seed, i, n)]
+        tokens = model.generate(
+            [p.text for p in chunk],
+            n=n,
+            cfg_scale=cfg_scale,
+            temperature=temperature,
+            seed=seeds,
+            batch_size=batch_size,
+        )  # (len(chunk) * n, T)
+        images = model.decode(tokens)
+        judged = model.judge(images, [p.text for p in chunk for _ in range(n)], question=question)
+        for j, (index, p) in enumerate(zip(where, chunk, strict=True)):
+            rows = slice(j * n, (j + 1) * n)
+            yield (
+                index,
+                p,
+                images[rows],
+                Judged(
+                    p_yes=[round(float(v), 6) for v in judged.p_yes[rows]],
+                    yes=[bool(v) for v in judged.decision[rows]],
+                ),
+            )
+        if on_rows is not None:
+            on_rows(len(chunk) * n)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_prompt_folder(folder: Path, prompt: Prompt, images: Sequence[Image.Image]) -> None:
+    """GenEval's layout: `metadata.jsonl` (the prompt's record as one JSON object, which
+    GenEval reads with json.load) and `samples/NNNN.png`."""
+    atomic_write_text(folder / "metadata.jsonl", json.dumps(prompt.to_geneval()) + "\n")
+    for k, image in enumerate(images):
+        atomic_write_bytes(folder / "samples" / f"{k:04d}.png", png_bytes(image))
+
+
+# --- the grid -------------------------------------------------------------------------------
+
+
+def grid_rows(prompts: Sequence[Prompt], max_rows: int = GRID_ROWS) -> list[int]:
+    """Indices of up to `max_rows` prompts, taken round-robin over the tags (so every tag shows
+    up), returned in set order."""
+    by_tag: dict[str | None, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_tag.setdefault(p.tag, []).append(i)
+    chosen: list[int] = []
+    for k in range(max(map(len, by_tag.values()), default=0)):
+        for idx in by_tag.values():
+            if k < len(idx) and len(chosen) < max_rows:
+                chosen.append(idx[k])
+    return sorted(chosen)
+
+
+def tile(image: Image.Image, size: int = GRID_TILE) -> bytes:
+    """One grid tile as PNG bytes, small enough to travel back from a worker (nearest-neighbour
+    up, area-averaged down)."""
+    method = Image.NEAREST if image.width <= size else Image.BOX
+    return png_bytes(image.convert("RGB").resize((size, size), method))
+
+
+def open_png(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def make_grid(
+    rows: Sequence[tuple[str, Sequence[Image.Image], Sequence[bool]]],
+    scale: int = 1,
+    border: int = 3,
+) -> Image.Image:
+    """One row per prompt: its text, then its images upscaled (nearest) by `scale`, each framed
+    by a `border`-px frame, green when its verdict is true, red when not."""
+    if not rows:
+        raise ValueError("make_grid: no rows")
+    w, h = rows[0][1][0].size
+    tile_w, tile_h = w * scale + 2 * border, h * scale + 2 * border
+    gap = 4
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = int(max(probe.textlength(text) for text, _, _ in rows)) + 2 * gap
+    cols = max(len(images) for _, images, _ in rows)
+    grid = Image.new("RGB", (label_w + cols * (tile_w + gap), len(rows) * (tile_h + gap) + gap), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (text, images, verdicts) in enumerate(rows):
+        y = gap + r * (tile_h + gap)
+        draw.text((gap, y + tile_h // 2), text, fill="black", anchor="lm")
+        for c, (image, ok) in enumerate(zip(images, verdicts, strict=True)):
+            x = label_w + c * (tile_w + gap)
+            draw.rectangle((x, y, x + tile_w - 1, y + tile_h - 1), fill=GREEN if ok else RED)
+            grid.paste(
+                image.convert("RGB").resize((w * scale, h * scale), Image.NEAREST), (x + border, y + border)
+            )
+    return grid

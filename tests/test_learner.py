@@ -1,5 +1,12 @@
-"""The learner rank's update in-process (world size 1, no Ray): the reference gives zero
-rewards and log 2 loss at the start, the trainable parameters move, the frozen ones do not."""
+"""The learner rank's update, without Ray: in-process (world size 1) the reference gives zero
+rewards and log 2 loss at the start, the trainable parameters move, the frozen ones do not;
+two gloo ranks (spawned processes, tests/learner_ranks.py) enter the same collectives even
+when one gets no rows and match the one-rank update; log-probs follow the sampler's CFG weight
+and temperature (learner.logprob_cfg_scale null), or are conditional at 1; SFT without a
+reference holds none.
+
+    PYTHONPATH=. python -m pytest tests/test_learner.py -q
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from learner_ranks import PROMPTS, assert_same_params, make_learner, moved, run_ranks, tiny_pairs
 
-from gapray.config import load_config
 from gapray.models.tiny import tiny_janus
 from gapray.workers.learner import LearnerWorker
 
-PROMPTS = ["a photo of a red circle", "a photo of two blue squares", "a photo of a cross"]
-
 
 def _learner(*overrides: str) -> LearnerWorker:
-    cfg = load_config(["model=tiny", *overrides])
-    return LearnerWorker(cfg.model, cfg.learner, rank=0, world_size=1, master="", seed=0)
+    return make_learner(list(overrides))
 
 
 def _pairs() -> dict:
@@ -67,3 +71,131 @@ def test_a_non_finite_loss_skips_the_step_and_is_counted():
     for n, p in learner.policy.trainable_parameters().items():
         if "vision_head.bias" not in n:
             assert torch.equal(p.detach(), before[n]), n
+
+
+# ---- collectives: every rank enters the same ones, on the learner's device ---------------------
+
+
+class _PairOfRanks:
+    """Two ranks in one process, one after the other, with a stand-in for all_reduce: rank 0
+    (which gets every row of a 1-pair batch) sees only its own contribution, which is the sum,
+    since rank 1 adds zeros; rank 1 then adds rank 0's recorded tensors to its own, call by
+    call. Records (dtype, shape, on the learner's device) of every call per rank."""
+
+    def __init__(self, monkeypatch):
+        import torch.distributed as dist
+
+        self.calls: dict[int, list[tuple]] = {0: [], 1: []}
+        self.sent: list[torch.Tensor] = []
+        self.rank = 0
+        self.device = "cpu"
+        monkeypatch.setattr(dist, "all_reduce", self.all_reduce)
+
+    def all_reduce(self, t: torch.Tensor, *args, **kwargs) -> None:
+        calls = self.calls[self.rank]
+        calls.append((t.dtype, tuple(t.shape), t.device == torch.device(self.device)))
+        if self.rank == 0:
+            self.sent.append(t.clone())
+        elif len(calls) <= len(self.sent) and self.sent[len(calls) - 1].shape == t.shape:
+            t.add_(self.sent[len(calls) - 1])
+
+    def update(self, rank: int, batch: dict, overrides: list[str]) -> LearnerWorker:
+        learner = make_learner(overrides)
+        learner.rank, learner.world_size = rank, 2
+        self.rank, self.device = rank, learner.device
+        learner.update(batch)
+        return learner
+
+
+def test_a_rank_without_rows_makes_the_same_collective_calls(monkeypatch):
+    ranks = _PairOfRanks(monkeypatch)
+    batch = tiny_pairs(1)  # one pair, two ranks: rank 1 gets no rows
+    overrides = ["model.trainable=all"]
+    learners = [ranks.update(r, batch, overrides) for r in (0, 1)]
+    assert ranks.calls[0] == ranks.calls[1]
+    assert all(on_device for _, _, on_device in ranks.calls[0])
+    assert len(ranks.calls[0]) >= 2  # the flags, then the gradient bucket(s)
+    assert_same_params(*(dict(ln.policy.model.named_parameters()) for ln in learners))
+
+
+def test_two_gloo_ranks_with_one_pair_match_one_rank(tmp_path):
+    """Two CPU ranks, a batch of 1 pair (rank 1 gets none), then 3 pairs: both ranks finish,
+    hold identical parameters, and equal the one-rank learner's (weight decay on, so a rank
+    that invented gradients for parameters nothing reached would show)."""
+    overrides = ["model.trainable=all", "learner.weight_decay=0.1", "learner.lr=1e-3"]
+    batches = [tiny_pairs(1), tiny_pairs(3)]
+    one = make_learner(overrides)
+    before = {n: p.detach().clone() for n, p in one.policy.model.named_parameters()}
+    one_stats, want = [], []
+    for b in batches:
+        one_stats.append(one.update(b))
+        want.append({n: p.detach().clone() for n, p in one.policy.model.named_parameters()})
+    ranks = run_ranks(2, overrides, batches, tmp_path)
+    for i in range(len(batches)):
+        assert_same_params(ranks[0]["params"][i], ranks[1]["params"][i])
+    assert ranks[0]["stats"] == ranks[1]["stats"]
+    assert [s["optimizer_steps"] for s in ranks[0]["stats"]] == [1.0, 1.0]
+    assert moved(before, ranks[0]["params"][0])
+    # 1 pair: rank 1 adds exact zeros, so the step is the one-rank step bit for bit.
+    assert_same_params(ranks[0]["params"][0], want[0])
+    # 3 pairs split 2 + 1: the same sum in another order.
+    assert_same_params(ranks[0]["params"][1], want[1], atol=1e-5)
+    for got, ref in zip(ranks[0]["stats"], one_stats, strict=True):
+        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+        assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-6)  # Adam hides a scale
+
+
+# ---- log-probs under the sampler's guidance and temperature -------------------------------------
+
+
+def test_logprob_cfg_scale_1_trains_on_conditional_logprobs():
+    learner = make_learner(["learner.logprob_cfg_scale=1", "generation.temperature=0.7"])
+    batch = _pairs()
+    rows = batch["prompts"] * 2
+    tokens = torch.from_numpy(np.concatenate([batch["chosen"], batch["rejected"]])).long()
+    with torch.no_grad():
+        got = learner._logps(learner.policy, rows, tokens)[0]
+        want = learner.policy.image_logprobs(rows, tokens, cfg_scale=None, temperature=0.7)[0]
+    torch.testing.assert_close(got, want)
+    before = {n: p.detach().clone() for n, p in learner.policy.model.named_parameters()}
+    stats = learner.update(batch)
+    assert stats["optimizer_steps"] == 1 and np.isfinite(stats["loss"])
+    assert moved(before, {n: p.detach() for n, p in learner.policy.model.named_parameters()})
+
+
+def test_null_logprob_cfg_scale_follows_the_sampler():
+    sampler = ["generation.cfg_scale=2.5", "generation.temperature=0.7"]
+    follow = make_learner([*sampler, "learner.logprob_cfg_scale=null"])
+    explicit = make_learner([*sampler, "learner.logprob_cfg_scale=2.5"])
+    batch = _pairs()
+    rows = batch["prompts"] * 2
+    tokens = torch.from_numpy(np.concatenate([batch["chosen"], batch["rejected"]])).long()
+    with torch.no_grad():
+        want = follow.policy.image_logprobs(rows, tokens, cfg_scale=2.5, temperature=0.7)[0]
+        torch.testing.assert_close(follow._logps(follow.policy, rows, tokens)[0], want)
+        torch.testing.assert_close(explicit._logps(explicit.policy, rows, tokens)[0], want)
+    a, b = follow.update(batch), explicit.update(batch)
+    a2, b2 = follow.update(batch), explicit.update(batch)
+    assert a == b and a2 == b2 and a2["reward_margin"] != 0.0
+    assert_same_params(
+        dict(follow.policy.model.named_parameters()), dict(explicit.policy.model.named_parameters())
+    )
+
+
+# ---- reference=none holds no reference ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("trainable", ["all", "llm"])
+def test_sft_without_reference_loads_one_model(monkeypatch, trainable):
+    import gapray.workers.learner as learner_module
+
+    loads = []
+    real = learner_module.load_adapter
+    monkeypatch.setattr(learner_module, "load_adapter", lambda *a, **k: loads.append(a) or real(*a, **k))
+    learner = make_learner(["learner=sft", f"model.trainable={trainable}"])
+    assert learner.reference is None and len(loads) == 1
+    batch = _pairs()
+    before = {n: p.detach().clone() for n, p in learner.policy.trainable_parameters().items()}
+    stats = learner.update({"prompts": batch["prompts"], "tokens": batch["chosen"]})
+    assert stats["optimizer_steps"] == 1
+    assert moved(before, {n: p.detach() for n, p in learner.policy.trainable_parameters().items()})

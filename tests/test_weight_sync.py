@@ -78,3 +78,50 @@ def test_bad_update_names_the_tensor_and_changes_nothing():
         )
     after = worker.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+LAYER = "model.language_model.layers.0.self_attn.q_proj"  # (64, 64) on the tiny Janus
+PLAIN = "model.language_model.norm.weight"
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape", "why"),
+    [((4, 64), (32, 4), r"delta .* is \(32, 64\)"), ((5, 64), (64, 4), r"A is \(5, 64\), B is \(64, 4\)")],
+    ids=["delta-shape", "inner-rank"],
+)
+def test_bad_lora_pair_changes_nothing_even_beside_good_plain_tensors(a_shape, b_shape, why):
+    worker = tiny_janus(seed=0)
+    before = copy.deepcopy(worker.model.state_dict())
+    state = LoraMergeState.empty()
+    update = {
+        PLAIN: torch.full_like(before[PLAIN], 3.0),  # good, and listed first
+        LAYER + ".lora_A.default.weight": torch.ones(a_shape),
+        LAYER + ".lora_B.default.weight": torch.ones(b_shape),
+    }
+    with pytest.raises(ValueError, match=why) as info:
+        apply_update(worker.model, update, lora_scaling=2.0, merge_state=state)
+    assert LAYER in str(info.value)
+    after = worker.model.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    assert state.base == {} and state.pending == {}
+
+
+def test_bad_half_completing_a_pending_pair_changes_nothing():
+    worker = tiny_janus(seed=0)
+    state = LoraMergeState.empty()
+    a = torch.ones(4, 64)
+    assert apply_update(worker.model, {LAYER + ".lora_A.default.weight": a}, merge_state=state) == 0
+    before = copy.deepcopy(worker.model.state_dict())
+    second = {PLAIN: torch.zeros_like(before[PLAIN]), LAYER + ".lora_B.default.weight": torch.ones(16, 4)}
+    with pytest.raises(ValueError, match=LAYER):
+        apply_update(worker.model, second, merge_state=state)
+    after = worker.model.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    assert list(state.pending) == [LAYER] and torch.equal(state.pending[LAYER]["A"], a)
+    assert state.base == {}
+    # The right B still completes the pair afterwards.
+    good = {PLAIN: torch.zeros_like(before[PLAIN]), LAYER + ".lora_B.default.weight": torch.ones(64, 4)}
+    assert apply_update(worker.model, good, lora_scaling=0.5, merge_state=state) == 2
+    w = dict(worker.model.named_parameters())[LAYER + ".weight"]
+    torch.testing.assert_close(w.detach(), before[LAYER + ".weight"] + 0.5 * 4.0)
+    assert not state.pending

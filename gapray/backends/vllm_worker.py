@@ -17,6 +17,8 @@ checkpoint's base weight, the rest from the checkpoint), because vLLM re-packs e
 loading (fused q/k/v, the CPU GEMM's packed weights) and a layer fed only part of its tensors
 would be re-packed from garbage. Names, shapes and finiteness are checked before anything is
 touched, so a bad update raises `WeightUpdateError` and leaves the engine at its version.
+`snapshot()` / `restore(saved)` undo later updates, for a caller that must keep the engine in
+step with another copy of the model (GenerationWorker's transformers adapter).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +39,17 @@ MAX_RETRIES = 3
 
 class WeightUpdateError(ValueError):
     """A weight update the engine refused or could not load; the engine keeps its version."""
+
+
+@dataclass(frozen=True)
+class EngineWeights:
+    """What an engine's weights are, as `snapshot()` saw them: the version and the updated
+    tensors (checkpoint names, LoRA merged) and LoRA bases then held. Tensors are never
+    modified in place, so holding references is enough."""
+
+    version: int
+    latest: dict[str, torch.Tensor]
+    lora_base: dict[str, torch.Tensor]
 
 
 def register() -> None:
@@ -194,9 +208,13 @@ class VllmJanusEngine:
         return broken
 
     # ------------------------------------------------------------------------------- weights
-    def _check_update(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Validate an update and turn it into full tensors in checkpoint names (LoRA merged)."""
+    def _check_update(
+        self, tensors: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Validate an update and turn it into full tensors in checkpoint names (LoRA merged);
+        also returns the LoRA bases first seen in it. Changes nothing on the engine."""
         plain, lora = {}, {}
+        new_base: dict[str, torch.Tensor] = {}
         for name, t in tensors.items():
             if not torch.is_tensor(t):
                 raise WeightUpdateError(f"weight update: {name} is a {type(t).__name__}, not a tensor")
@@ -223,10 +241,11 @@ class VllmJanusEngine:
             delta = (parts["B"].float() @ parts["A"].float()) * self.lora_scaling
             if tuple(delta.shape) != self._shapes[name]:
                 raise WeightUpdateError(f"weight update: LoRA delta for {prefix} is {tuple(delta.shape)}")
-            if name not in self._lora_base:  # W0: the weight held when LoRA first arrived
-                self._lora_base[name] = self._latest.get(name, self._checkpoint_tensor(name))
-            plain[name] = (self._lora_base[name].float() + delta).to(self._lora_base[name].dtype)
-        return plain
+            base = self._lora_base.get(name)
+            if base is None:  # W0: the weight held when LoRA first arrived
+                base = new_base[name] = self._latest.get(name, self._checkpoint_tensor(name))
+            plain[name] = (base.float() + delta).to(base.dtype)
+        return plain, new_base
 
     def _checkpoint_tensor(self, name: str) -> torch.Tensor:
         from safetensors import safe_open
@@ -245,7 +264,7 @@ class VllmJanusEngine:
         """Load a versioned update in place; returns the version now held. On a refused or failed
         update the previous weights stay (reloaded if the failure came mid-load) and
         WeightUpdateError says why."""
-        full = self._check_update(tensors)
+        full, new_base = self._check_update(tensors)
         latest = {**self._latest, **full}
         try:
             self._reload(latest)
@@ -262,5 +281,22 @@ class VllmJanusEngine:
                 f"to version {self.version}: {err}"
             ) from err
         self._latest = latest
+        self._lora_base = {**self._lora_base, **new_base}
         self.version = version
         return version
+
+    def snapshot(self) -> EngineWeights:
+        """The weights held now, for `restore`."""
+        return EngineWeights(self.version, dict(self._latest), dict(self._lora_base))
+
+    def restore(self, saved: EngineWeights) -> None:
+        """Go back to the weights of `saved` (undoing the updates loaded since): reloads them,
+        and the version becomes saved.version. RuntimeError if the reload fails."""
+        try:
+            self._reload(saved.latest)
+        except Exception as err:
+            raise RuntimeError(
+                f"vLLM engine: restoring version {saved.version} (from {self.version}) failed: {err}"
+            ) from err
+        self._latest, self._lora_base = dict(saved.latest), dict(saved.lora_base)
+        self.version = saved.version

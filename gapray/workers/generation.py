@@ -17,6 +17,7 @@ import torch
 from gapray.models.base import guidance
 from gapray.workers.model_worker import ModelWorker
 from gapray.workers.pool import WorkerPool
+from gapray.workers.sync import check_update
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,6 @@ class Rollouts:
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
-
 
 
 class GenerationWorker(ModelWorker):
@@ -69,12 +69,28 @@ class GenerationWorker(ModelWorker):
         return model_cfg.name
 
     def load_weights(self, version: int, bucket_refs: list) -> int:
-        if self.engine is not None:
-            import ray
+        """Apply a versioned update to everything this worker holds, or to nothing: with the
+        vLLM backend the adapter's side is checked first (nothing touched on a refusal), then
+        the engine loads it (WeightUpdateError: the engine rolled itself back), then the checked
+        adapter copy runs; should that copy still fail, the engine is restored to the version
+        the adapter holds. Both models always report the same version."""
+        if self.engine is None:
+            return super().load_weights(version, bucket_refs)
+        import ray
 
-            tensors = {k: v for b in ray.get(bucket_refs) for k, v in b.items()}
-            self.engine.load_weights(version, tensors)  # raises WeightUpdateError, engine unchanged
-        return super().load_weights(version, bucket_refs)
+        tensors = {k: v for b in ray.get(bucket_refs) for k, v in b.items()}
+        plan = check_update(
+            self.model.model, tensors, lora_scaling=self.lora_scaling, merge_state=self.merge_state
+        )
+        saved = self.engine.snapshot()
+        self.engine.load_weights(version, tensors)
+        try:
+            plan.apply()
+        except BaseException:
+            self.engine.restore(saved)
+            raise
+        self.version = version
+        return version
 
     def generate(self, prompts: list[str], seeds: list[int]) -> tuple[np.ndarray, int]:
         """One image per row (prompts already repeated n times) -> (N, T) int32 tokens and the

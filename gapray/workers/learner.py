@@ -2,11 +2,16 @@
 
     pairs (prompt, chosen tokens, rejected tokens) --LearnerGroup.update--> one optimizer step
 
-Each rank holds the policy (trainable part chosen in config: LLM backbone, all, or LoRA) and a
-frozen reference (the initial weights; under LoRA the same model with adapters disabled). A
-step's pairs are split across ranks and micro-batches; gradients are summed with all_reduce
-(gloo on CPU, nccl on GPU), each micro-batch weighted by its share of the step's pairs so the
-update equals the one-process mean. A non-finite loss on any rank skips the step everywhere.
+Each rank holds the policy (trainable part chosen in config: LLM backbone, all, or LoRA) and,
+for DPO, a frozen reference (the initial weights; under LoRA the same model with adapters
+disabled; learner.reference=none, for SFT, holds none). Log-probs are taken under the
+distribution the sampler draws from unless configured otherwise (`LogprobSettings`: the CFG
+weight and the temperature of generation). A step's pairs are split across ranks and
+micro-batches; gradients are summed with all_reduce (gloo on CPU, nccl on GPU), each
+micro-batch weighted by its share of the step's pairs so the update equals the one-process
+mean. Every rank enters the same collectives in the same order whatever rows it got (a rank
+with none adds zeros), with every tensor on its own device. A non-finite loss on any rank
+skips the step everywhere.
 
 Rank 0 exports the trainable weights for WeightSync and writes checkpoints: the policy in
 `save_pretrained` form plus `trainer_state.pt` (optimizer, the trainable tensors, version and
@@ -17,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from gapray.algos.dpo import dpo_objective, sft_loss
+from gapray.models.base import guidance
 from gapray.workers.model_worker import load_adapter
 from gapray.workers.sync import bucket_bytes, pack_buckets, trainable_tensors
 
@@ -35,6 +42,35 @@ DPO_METRICS = (
     "reward_margin",
     "reward_accuracy",
 )
+GRAD_BUCKET_BYTES = 64 * 2**20  # gradients are all-reduced in flat buckets of about this size
+
+
+@dataclass(frozen=True)
+class LogprobSettings:
+    """How the learner scores image tokens: the adapters' `cfg_scale` argument (None: the
+    conditional distribution) and the softmax temperature."""
+
+    cfg_scale: float | None
+    temperature: float
+
+    @classmethod
+    def from_config(cls, learner_cfg, generation_cfg) -> LogprobSettings:
+        """learner.logprob_cfg_scale None follows the sampler (generation.cfg_scale); 1 is no
+        guidance, through the one CFG rule (`models.base.guidance`); the temperature is always
+        the sampler's, so the trained distribution is the one the images were drawn from."""
+        scale = learner_cfg.logprob_cfg_scale
+        scale = generation_cfg.cfg_scale if scale is None else scale
+        return cls(cfg_scale=guidance(scale), temperature=generation_cfg.temperature)
+
+
+def learner_device(rank: int) -> str:
+    """The device a rank computes on: under Ray each rank sees only its own GPU (cuda:0); ranks
+    started side by side on one host (tests) take one GPU each."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    index = rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)  # NCCL uses the current device
+    return f"cuda:{index}"
 
 
 class LearnerWorker:
@@ -47,26 +83,33 @@ class LearnerWorker:
         master: str,
         seed: int,
         threads: int = 1,
+        *,
+        logprobs: LogprobSettings,
     ):
         torch.set_num_threads(max(1, threads))
         torch.manual_seed(seed + rank)
         self.rank, self.world_size = rank, world_size
         self.cfg = learner_cfg
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.logprobs = logprobs
+        self.device = learner_device(rank)
         if world_size > 1:
-            backend = "nccl" if self.device == "cuda" else "gloo"
+            backend = "nccl" if self.device.startswith("cuda") else "gloo"
             dist.init_process_group(backend, init_method=f"tcp://{master}", rank=rank, world_size=world_size)
+        # .to: the tiny model is built in code on the CPU; checkpoints load onto the device.
         self.policy = load_adapter(model_cfg, self.device)
+        self.policy.model.to(self.device)
         self.policy.set_trainable(
             model_cfg.trainable, lora_rank=model_cfg.lora_rank, lora_alpha=model_cfg.lora_alpha
         )
         self.policy.model.train()
         self.reference = None
-        if model_cfg.trainable != "lora":
+        if learner_cfg.reference == "none" and learner_cfg.algorithm == "dpo":
+            raise ValueError("learner.reference=none: learner.algorithm=dpo needs a reference ('initial')")
+        if learner_cfg.reference == "initial" and model_cfg.trainable != "lora":
             # A frozen copy of the initial weights; under LoRA the reference is the same model
             # with its adapters disabled, so no second copy is held.
             self.reference = load_adapter(model_cfg, self.device)
-            self.reference.model.requires_grad_(False)
+            self.reference.model.to(self.device).requires_grad_(False)
         self.params = list(self.policy.trainable_parameters().values())
         self.optimizer = torch.optim.AdamW(
             self.params,
@@ -83,15 +126,21 @@ class LearnerWorker:
 
     # ------------------------------------------------------------------------------ log-probs
     def _autocast(self):
-        if self.device == "cuda" and self.policy.model.dtype == torch.float32:
+        # fp32 master weights, bf16 compute on GPU
+        if self.device.startswith("cuda") and self.policy.model.dtype == torch.float32:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _logps(self, adapter, prompts: list[str], tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed (N,) and per-token (N, T) log-probs under the configured distribution."""
         with self._autocast():
-            return adapter.image_logprobs(prompts, tokens, cfg_scale=self.cfg.logprob_cfg_scale)
+            return adapter.image_logprobs(
+                prompts, tokens, cfg_scale=self.logprobs.cfg_scale, temperature=self.logprobs.temperature
+            )
 
     def _reference_logps(self, prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
+        if self.cfg.reference == "none":
+            raise RuntimeError("learner.reference=none: this learner holds no reference model")
         with torch.no_grad():
             if self.reference is not None:
                 return self._logps(self.reference, prompts, tokens)[0]
@@ -170,25 +219,57 @@ class LearnerWorker:
         # Same metric names on every rank, even one that got no rows in this step.
         names = ["loss", "nll"] if self.cfg.algorithm == "sft" else list(DPO_METRICS)
         sums = {k: sums.get(k, 0.0) for k in names}
-        finite = all(np.isfinite(v) for v in sums.values()) and all(
-            torch.isfinite(p.grad).all() for p in self.params if p.grad is not None
+        # One vector, reduced in one call, on this rank's device (NCCL takes no CPU tensors):
+        # (1 + M + P,) = [bad flag, M metric sums, for each of the P trainable parameters whether
+        # this rank's rows reached it]. Every branch below is then taken alike on every rank.
+        grads = [p.grad for p in self.params if p.grad is not None]
+        bad_grad = torch.stack([~torch.isfinite(g).all() for g in grads]).any() if grads else False
+        bad_metric = not all(np.isfinite(v) for v in sums.values())
+        flags = torch.cat(
+            [
+                torch.tensor([float(bad_metric)], dtype=torch.float64, device=self.device)
+                + torch.as_tensor(bad_grad, device=self.device).double(),
+                torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.device),
+                torch.tensor(
+                    [float(p.grad is not None) for p in self.params], dtype=torch.float64, device=self.device
+                ),
+            ]
         )
-        flags = torch.tensor([0.0 if finite else 1.0, *[sums[k] for k in names]])
         if self.world_size > 1:
-            dist.all_reduce(flags)  # bad flag and metric sums from every rank
-            for p in self.params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-        metrics = {k: float(v) / total for k, v in zip(names, flags[1:].tolist(), strict=True)}
+            dist.all_reduce(flags)  # bad flags, metric sums and reach counts from every rank
+        flags = flags.cpu()
+        metrics = {
+            k: float(v) / total for k, v in zip(names, flags[1 : 1 + len(names)].tolist(), strict=True)
+        }
         if flags[0] > 0:
             # NaN/inf on some rank: apply nothing, so the weights stay as they were.
             self.optimizer.zero_grad(set_to_none=False)
             self.bad_steps_in_a_row += 1
             return {"skipped": 1.0}
         self.bad_steps_in_a_row = 0
+        if self.world_size > 1:
+            reached = flags[1 + len(names) :] > 0
+            self._all_reduce_grads([p for p, r in zip(self.params, reached.tolist(), strict=True) if r])
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         return {**metrics, "grad_norm": float(grad_norm), "skipped": 0.0}
+
+    def _all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Sum the gradients of `params` (those some rank's rows reached; the same list on every
+        rank) over the ranks, in flat buckets. A rank whose rows did not reach a parameter adds
+        zeros; parameters no rank reached keep no gradient, so AdamW skips them as a one-rank
+        learner would (no weight decay on them)."""
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        for bucket in _grad_buckets(params, GRAD_BUCKET_BYTES):
+            flat = torch.cat([p.grad.reshape(-1) for p in bucket])  # (sum of numels,)
+            dist.all_reduce(flat)
+            offset = 0
+            for p in bucket:
+                n = p.grad.numel()
+                p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+                offset += n
 
     # ---------------------------------------------------------------------- sync and checkpoint
     def export_weights(self, bucket_mb: float) -> tuple[list, int]:
@@ -226,6 +307,23 @@ class LearnerWorker:
         self.version = state["learner_version"]
         torch.set_rng_state(state["torch_rng"])
         return {k: v for k, v in state.items() if k not in ("optimizer", "trainable", "torch_rng")}
+
+
+def _grad_buckets(params: list[torch.nn.Parameter], limit: int) -> list[list[torch.nn.Parameter]]:
+    """Consecutive runs of parameters of one gradient dtype and device, about `limit` bytes
+    each (a larger gradient gets a bucket of its own); the same order on every rank."""
+    buckets: list[list[torch.nn.Parameter]] = []
+    size = 0
+    for p in params:
+        g = p.grad
+        nbytes = g.numel() * g.element_size()
+        last = buckets[-1][-1].grad if buckets else None
+        if last is None or last.dtype != g.dtype or last.device != g.device or size + nbytes > limit:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(p)
+        size += nbytes
+    return buckets
 
 
 class LearnerGroup:

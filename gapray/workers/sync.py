@@ -8,7 +8,8 @@ then reports the version it now holds. Every sample records the version that gen
 
     buckets = pack_buckets(named_tensors, bucket_mb=64)          # on the learner
     refs = [ray.put(b) for b in buckets]
-    apply_update(adapter, buckets, lora_scaling, base_cache)      # on a worker, per bucket
+    apply_update(model, bucket, lora_scaling=s, merge_state=state)  # on a worker, per bucket
+    check_update(model, bucket, ...).apply()                        # the same in two phases
 """
 
 from __future__ import annotations
@@ -70,20 +71,66 @@ class LoraMergeState:
         return cls(base={}, pending={})
 
 
-def apply_update(
+@dataclass
+class UpdatePlan:
+    """A checked weight update, ready to copy: `check_update` builds it without touching the
+    model or the merge state, `apply()` copies it in. Splitting the two lets a worker holding
+    two models (the vLLM backend's engine and adapter) check both before changing either."""
+
+    params: dict[str, torch.nn.Parameter]
+    plain: dict[str, torch.Tensor]  # parameter name -> its new value (shape checked)
+    merges: dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer prefix -> (A (r, in), B (out, r))
+    pending: dict[str, dict[str, torch.Tensor]]  # the merge state's half pairs after this update
+    lora_scaling: float
+    merge_state: LoraMergeState | None
+
+    def apply(self) -> int:
+        """Copy the update into the model in place; returns how many parameters changed."""
+        changed = 0
+        with torch.no_grad():
+            for name, t in self.plain.items():
+                self.params[name].copy_(t)
+                changed += 1
+            for prefix, (a, b) in self.merges.items():
+                assert self.merge_state is not None  # check_update refuses LoRA without one
+                weight = self.params[prefix + ".weight"]
+                w0 = self.merge_state.base.setdefault(prefix, weight.detach().clone())
+                delta = (b.float() @ a.float()) * self.lora_scaling  # (out, r) @ (r, in)
+                weight.copy_((w0.float() + delta).to(weight.dtype))
+                changed += 1
+        if self.merge_state is not None:
+            self.merge_state.pending.clear()
+            self.merge_state.pending.update(self.pending)
+        return changed
+
+
+def _lora_pair_error(prefix: str, a: torch.Tensor, b: torch.Tensor, weight_shape: torch.Size) -> str | None:
+    """Why B @ A cannot be merged into a weight of `weight_shape`, or None."""
+    if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0]:
+        return (
+            f"weight update: LoRA pair for {prefix} does not multiply: A is {tuple(a.shape)}, "
+            f"B is {tuple(b.shape)} (B @ A needs B (out, r) and A (r, in))"
+        )
+    delta_shape = (b.shape[0], a.shape[1])
+    if delta_shape != tuple(weight_shape):
+        return f"weight update: LoRA delta for {prefix} is {delta_shape}, weight is {tuple(weight_shape)}"
+    return None
+
+
+def check_update(
     model: torch.nn.Module,
     tensors: dict[str, torch.Tensor],
     *,
     lora_scaling: float = 1.0,
     merge_state: LoraMergeState | None = None,
-) -> int:
-    """Copy received tensors into `model`'s parameters in place; LoRA A/B matrices are merged
-    into the matching linear layer's weight. Returns how many parameters changed.
-
-    Raises ValueError naming the first tensor whose name or shape does not fit the model; the
-    check runs before any copy, so a bad update leaves the model as it was."""
+) -> UpdatePlan:
+    """Check a received update against `model` completely (names, shapes, every LoRA pair it
+    completes, including pairs whose other half arrived in an earlier bucket) and return the
+    plan that applies it. Changes nothing; raises ValueError naming the first tensor or layer
+    that does not fit."""
     params = dict(model.named_parameters())
-    plain, lora = {}, {}
+    plain: dict[str, torch.Tensor] = {}
+    lora: dict[str, dict[str, torch.Tensor]] = {}
     for name, t in tensors.items():
         target = _lora_target(name)
         if target is None:
@@ -101,27 +148,34 @@ def apply_update(
             lora.setdefault(prefix, {})[kind] = t
     if lora and merge_state is None:
         raise ValueError("weight update: LoRA tensors arrived but the worker keeps no merge state")
-    changed = 0
-    with torch.no_grad():
-        for name, t in plain.items():
-            params[name].copy_(t)
-            changed += 1
-        for prefix, parts in lora.items():
-            assert merge_state is not None
-            got = {**merge_state.pending.pop(prefix, {}), **parts}
-            if len(got) < 2:  # the other half is in a later bucket
-                merge_state.pending[prefix] = got
-                continue
-            weight = params[prefix + ".weight"]
-            w0 = merge_state.base.setdefault(prefix, weight.detach().clone())
-            delta = (got["B"].float() @ got["A"].float()) * lora_scaling  # (out, r) @ (r, in)
-            if delta.shape != weight.shape:
-                raise ValueError(
-                    f"weight update: LoRA delta for {prefix} is {tuple(delta.shape)}, weight is {tuple(weight.shape)}"
-                )
-            weight.copy_((w0.float() + delta).to(weight.dtype))
-            changed += 1
-    return changed
+    pending = dict(merge_state.pending) if merge_state is not None else {}
+    merges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for prefix, parts in lora.items():
+        got = {**pending.pop(prefix, {}), **parts}
+        if len(got) < 2:  # the other half is in a later bucket
+            pending[prefix] = got
+            continue
+        error = _lora_pair_error(prefix, got["A"], got["B"], params[prefix + ".weight"].shape)
+        if error:
+            raise ValueError(error)
+        merges[prefix] = (got["A"], got["B"])
+    return UpdatePlan(params, plain, merges, pending, lora_scaling, merge_state)
+
+
+def apply_update(
+    model: torch.nn.Module,
+    tensors: dict[str, torch.Tensor],
+    *,
+    lora_scaling: float = 1.0,
+    merge_state: LoraMergeState | None = None,
+) -> int:
+    """Copy received tensors into `model`'s parameters in place; LoRA A/B matrices are merged
+    into the matching linear layer's weight. Returns how many parameters changed.
+
+    Raises ValueError naming the first tensor or LoRA layer that does not fit the model; every
+    check (`check_update`) runs before the first copy, so a bad update leaves the model and
+    the merge state as they were."""
+    return check_update(model, tensors, lora_scaling=lora_scaling, merge_state=merge_state).apply()
 
 
 @dataclass(frozen=True)
@@ -132,12 +186,16 @@ class SyncStats:
     bytes: int
     buckets: int
     seconds: float
+    nodes: int = 1
+    """Ray nodes whose object store holds the buckets after every target pulled them (the
+    learner's node plus each other node a target runs on): > 1 means they crossed nodes."""
 
     def as_metrics(self) -> dict[str, float]:
         return {
             "sync_ms": 1000 * self.seconds,
             "sync_mb": self.bytes / 2**20,
             "sync_buckets": float(self.buckets),
+            "sync_nodes": float(self.nodes),
         }
 
 
@@ -161,4 +219,14 @@ class WeightSync:
         if any(v != version for v in held):
             raise RuntimeError(f"weight sync: workers report versions {held}, expected {version}")
         self.version = version
-        return SyncStats(version, nbytes, len(refs), time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        return SyncStats(version, nbytes, len(refs), seconds, nodes=_holding_nodes(refs))
+
+
+def _holding_nodes(refs: list) -> int:
+    """How many nodes' object stores hold a copy of the buckets (asked of their owner, the
+    learner; buckets small enough to travel inline live in no object store and count none)."""
+    import ray
+
+    locations = ray.experimental.get_object_locations(refs)
+    return len({node for loc in locations.values() for node in loc.get("node_ids") or []})

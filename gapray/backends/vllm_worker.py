@@ -35,6 +35,10 @@ from gapray.models.janus import DEFAULT_GEN_TEMPLATE, gen_prompt_ids
 from gapray.workers.sync import _lora_target
 
 MAX_RETRIES = 3
+PROMPT_BUDGET = 512
+"""Prompt tokens (template included) the engine leaves room for beside the image tokens when
+no max_model_len is given: a real Janus allows 16,384 positions, and vLLM would reserve KV cache
+for a sequence that long, while a generation prompt is tens of tokens."""
 
 
 class WeightUpdateError(ValueError):
@@ -94,6 +98,10 @@ class VllmJanusEngine:
         self.template = settings.get("gen_template", DEFAULT_GEN_TEMPLATE)
         config = json.loads((self.path / "config.json").read_text())
         self.num_image_tokens = config["vision_config"]["num_image_tokens"]
+        if max_model_len is None:  # prompt + T image tokens, within the checkpoint's positions
+            positions = config["text_config"].get("max_position_embeddings")
+            max_model_len = self.num_image_tokens + PROMPT_BUDGET
+            max_model_len = min(max_model_len, positions) if positions else max_model_len
         self.lora_scaling = lora_scaling
         # Shapes of every generation weight in the checkpoint, to check updates against.
         from gapray.backends.vllm_janus import is_generation_weight
@@ -129,6 +137,7 @@ class VllmJanusEngine:
         )
         hf_config = self.llm.llm_engine.model_config.hf_config
         self.text_vocab, self.codebook, self.sentinel = id_layout(hf_config)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.version = 0
         self._calls = itertools.count()
         self.retried_rows = 0  # rows regenerated because the scheduler split their CFG pair
@@ -152,6 +161,14 @@ class VllmJanusEngine:
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
         N, T = len(prompts), self.num_image_tokens
+        for i, prompt in enumerate(prompts):
+            # vLLM would stop such a request short of T tokens, which reads as a lost CFG pair.
+            n = len(gen_prompt_ids(self.tokenizer, self.template, prompt)[0])
+            if n + T > self.max_model_len:
+                raise ValueError(
+                    f"generate: prompt {i} ({prompt[:40]!r}...) is {n} tokens; with {T} image tokens "
+                    f"that exceeds the engine's max_model_len {self.max_model_len}"
+                )
         tokens = torch.empty(N, T, dtype=torch.long)
         logprobs = torch.empty(N, T, dtype=torch.float32)
         todo = list(range(N))

@@ -2,6 +2,7 @@
 
 load_model("toy")               # the shipped toy checkpoint (gapray/toy/checkpoint)
 load_model("tiny")              # a random tiny Janus built in code (tests)
+load_model("janus_pro_shape")   # Janus-Pro-1B's real layout (576 tokens, 16,384 codes, 384 px), CPU size
 load_model("/ckpt/Janus-Pro-1B")  # a local save_pretrained directory (or a hub id online)
 """
 
@@ -13,8 +14,11 @@ from gapray.models.base import Judgement, TrainableMode, UnifiedModel
 from gapray.models.janus import CheckpointError, JanusAdapter
 
 TOY_CHECKPOINT = Path(__file__).resolve().parent.parent / "toy" / "checkpoint"
+BUILT_IN_CODE = ("tiny", "janus_pro_shape")
+"""Model names built in code from a seed (no checkpoint on disk; a vLLM engine needs one saved)."""
 
 __all__ = [
+    "BUILT_IN_CODE",
     "TOY_CHECKPOINT",
     "CheckpointError",
     "JanusAdapter",
@@ -26,11 +30,16 @@ __all__ = [
 
 
 def load_model(name_or_path: str, **kwargs) -> JanusAdapter:
-    """Resolve a model name ("toy", "tiny") or checkpoint path to a loaded adapter."""
+    """Resolve a model name ("toy", "tiny", "janus_pro_shape") or checkpoint path to a loaded
+    adapter. kwargs: dtype and device (tiny: dtype only; it is CPU-only, built for tests)."""
     if name_or_path == "tiny":
         from gapray.models.tiny import tiny_janus
 
         return tiny_janus(**kwargs)
+    if name_or_path == "janus_pro_shape":
+        from gapray.models.shapes import janus_pro_shape
+
+        return janus_pro_shape(**kwargs)
     if name_or_path == "toy":
         if not (TOY_CHECKPOINT / "config.json").is_file():
             raise CheckpointError(

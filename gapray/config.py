@@ -38,7 +38,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 SCHEMA_NAME = "gapray_schema"  # the ConfigStore entry configs/config.yaml lists first
 TOY_PROMPTS = "toy"  # curriculum.prompts: the toy world's train split
-BUILTIN_MODELS = ("toy", "tiny")  # model.name values that are not checkpoint paths
+BUILTIN_MODELS = ("toy", "tiny", "janus_pro_shape")  # model.name values that are not checkpoint paths
 AUTO_EVAL = "auto"  # eval group default: "toy" for model=toy, "self" for any other model
 
 
@@ -60,7 +60,9 @@ class ModelConfig:
 
     name: str = "toy"
     """"toy" (the toy world's 2.31M-parameter model), "tiny" (a tiny Janus config built in code,
-    random weights, for tests) or a local checkpoint directory in `save_pretrained` form."""
+    random weights, for tests), "janus_pro_shape" (Janus-Pro-1B's real layout: 384 px, 576
+    image tokens, 16,384-code VQ, 102,400-id vocabulary, at CPU depth and width; random weights
+    built in code, for CI) or a local checkpoint directory in `save_pretrained` form."""
     dtype: str = "auto"
     """"float32" | "bfloat16" | "auto" (bfloat16 on GPU, float32 on CPU)."""
     trainable: str = "llm"
@@ -87,11 +89,15 @@ class GenerationConfig:
     images_per_prompt: int = 8
     """N, images sampled per prompt (the paper: 10; HermesFlow: 16). DPO needs at least 2."""
     cfg_scale: float = 5.0
-    """Classifier-free guidance weight for sampling (Janus-Pro: 5; 1 = no guidance)."""
+    """Classifier-free guidance weight for sampling (Janus-Pro: 5; 1 = no guidance); model=toy
+    sets 3.0, the weight the toy model was tuned for. The learner's log-probs follow it unless
+    learner.logprob_cfg_scale is set."""
     temperature: float = 1.0
-    """Sampling temperature for image tokens (Janus-Pro: 1)."""
+    """Sampling temperature for image tokens (Janus-Pro: 1); the learner's log-probs are taken
+    at the same temperature."""
     batch_size: int = 16
-    """Sequences a worker decodes at once (one image = one sequence, its CFG row aside)."""
+    """Sequences a worker decodes at once (one image = one sequence, its CFG row aside);
+    model=toy sets 128."""
 
 
 @dataclass
@@ -139,10 +145,12 @@ class LearnerConfig:
     """"dpo" (pairs, against a frozen reference) or "sft" (NLL on every accepted image)."""
     loss: str = "sigmoid"
     """DPO loss form: "sigmoid" (DPO), "ipo" or "hinge"; unused by sft."""
-    beta: float = 0.2
-    """DPO inverse temperature beta (the paper does not give one; HermesFlow's Pair-DPO: 0.2)."""
-    nll_weight: float = 1.0
-    """lambda, the weight of the NLL on the chosen image added to the DPO loss (0 = plain DPO)."""
+    beta: float = 0.1
+    """DPO inverse temperature beta (the paper does not give one): 0.1 in learner=dpo, tuned on
+    the toy model; learner=dpo_nll, the paper's loss, uses HermesFlow's Pair-DPO 0.2."""
+    nll_weight: float = 0.0
+    """lambda, the weight of the NLL on the chosen image added to the DPO loss (0 = plain DPO,
+    learner=dpo; the paper's loss adds it: learner=dpo_nll sets 1)."""
     label_smoothing: float = 0.0
     """Conservative-DPO label smoothing in [0, 0.5); only with loss=sigmoid."""
     lr: float = 1e-4
@@ -164,11 +172,13 @@ class LearnerConfig:
     gpus_per_rank: float = 0.0
     """Ray GPUs each learner rank reserves (0 = CPU)."""
     logprob_cfg_scale: float | None = None
-    """None: log pi(x|y) is conditional only (T2I-R1). A float: the CFG-combined logits at that
-    scale, matching sampling (Flow-GRPO)."""
+    """The distribution log pi(x|y) is trained under, always at generation.temperature. None:
+    follow the sampler (generation.cfg_scale, as Flow-GRPO matches training to sampling); 1:
+    no guidance, the conditional distribution (T2I-R1); > 1: the CFG-combined logits at that
+    weight."""
     reference: str = "initial"
     """"initial": a frozen copy of the initial policy (under lora: the adapter-disabled model).
-    "none": no reference model (sft only)."""
+    "none": no reference model is held at all (sft only)."""
     max_bad_steps: int = 3
     """Steps in a row with a NaN/inf loss that are skipped before the run stops."""
 

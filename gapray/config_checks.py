@@ -32,7 +32,7 @@ def validate(cfg: Config) -> None:
     need(
         m.name in BUILTIN_MODELS or Path(m.name).is_dir(),
         "model.name",
-        "must be 'toy', 'tiny' or an existing checkpoint directory",
+        "must be " + ", ".join(map(repr, BUILTIN_MODELS)) + " or an existing checkpoint directory",
     )
     one_of("model.dtype", "float32", "bfloat16", "auto")
     one_of("model.trainable", "llm", "all", "lora")
@@ -83,7 +83,7 @@ def validate(cfg: Config) -> None:
     need(
         ln.logprob_cfg_scale is None or ln.logprob_cfg_scale >= 1,
         "learner.logprob_cfg_scale",
-        "must be null (conditional) or >= 1",
+        "must be null (follow generation.cfg_scale) or >= 1 (1 = conditional)",
     )
     need(ln.max_bad_steps >= 1, "learner.max_bad_steps", "must be >= 1")
     # sync

@@ -118,3 +118,19 @@ def actor_options(place: tuple[object, int], cpus: float, gpus: float) -> dict:
             placement_group=pg, placement_group_bundle_index=index
         ),
     }
+
+
+def actor_location() -> dict:
+    """Where the calling actor runs: Ray node id, node IP, host name and pid (each role's
+    ready() reports it, and the run writes them to placement.json)."""
+    import socket
+
+    import ray
+
+    inside = ray.is_initialized()  # False for the in-process roles of `gapray bench loop`
+    return {
+        "node_id": ray.get_runtime_context().get_node_id() if inside else None,
+        "node_ip": ray.util.get_node_ip_address() if inside else None,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }

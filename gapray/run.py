@@ -28,6 +28,15 @@ class Roles:
     reward: object  # WorkerPool of RewardWorker
     learner: object  # LearnerGroup
     groups: list  # placement groups
+    learner_info: list  # each learner rank's ready() info
+
+    def placement(self) -> dict[str, list[dict]]:
+        """role -> per actor: the Ray node, IP and pid it runs on (the run's placement.json)."""
+        return {
+            "generation": list(self.generation.placement),
+            "reward": list(self.reward.placement),
+            "learner": list(self.learner_info),
+        }
 
     def shutdown(self) -> None:
         """Kill every actor and free the placement groups (a shared Ray stays usable)."""
@@ -50,7 +59,7 @@ def build_roles(cfg: Config) -> Roles:
 
     from gapray.placement import actor_options, place_roles
     from gapray.workers.generation import GenerationWorker
-    from gapray.workers.learner import LearnerGroup, LearnerWorker
+    from gapray.workers.learner import LearnerGroup, LearnerWorker, LogprobSettings
     from gapray.workers.pool import WorkerPool
     from gapray.workers.reward import RewardWorker
 
@@ -86,13 +95,22 @@ def build_roles(cfg: Config) -> Roles:
     learners = [
         ray.remote(LearnerWorker)
         .options(**actor_options(places["learner"][k], ln.cpus_per_rank, ln.gpus_per_rank))
-        .remote(m, ln, k, ln.num_ranks, master, cfg.run.seed, _threads(cfg, ln.cpus_per_rank))
+        .remote(
+            m,
+            ln,
+            k,
+            ln.num_ranks,
+            master,
+            cfg.run.seed,
+            _threads(cfg, ln.cpus_per_rank),
+            logprobs=LogprobSettings.from_config(ln, g),  # the sampler's CFG weight and temperature
+        )
         for k in range(ln.num_ranks)
     ]
     group = LearnerGroup(learners)
-    group.start()
+    info = group.start()
     groups = list({id(pg): pg for role in places.values() for pg, _ in role}.values())
-    return Roles(generation=generation, reward=reward, learner=group, groups=groups)
+    return Roles(generation=generation, reward=reward, learner=group, groups=groups, learner_info=info)
 
 
 def _free_address() -> str:
@@ -184,6 +202,7 @@ def execute(cfg: Config, progress: bool | None = None) -> dict:
         check_resources(cfg, ray.cluster_resources())
         roles = build_roles(cfg)
         run = RunDir(out_dir)
+        run.write_json("placement.json", roles.placement())
         controller = Controller(cfg, run, roles, checked.prompts, checked.eval_prompts)
         if cfg.run.resume:
             controller.resume()

@@ -97,7 +97,9 @@ def test_export_is_read_by_genevals_folder_walk(exported):
     assert (out / "grid.png").is_file() and (out / "results.json").is_file()
     verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
     assert len(verdicts) == 6 * N
-    assert sum(not v["judge_yes"] for v in verdicts) / len(verdicts) == pytest.approx(results["non_unification"])
+    assert sum(not v["judge_yes"] for v in verdicts) / len(verdicts) == pytest.approx(
+        results["non_unification"]
+    )
     assert json.loads((out / "results.json").read_text()) == results
 
 
@@ -139,3 +141,29 @@ def test_preflight_refuses_eval_toy_for_a_model_of_another_size(tmp_path, capsys
     assert rc == 2
     assert "eval.kind='toy'" in err and "reads 32 px images" in err and "makes 64 px images" in err
     assert not out.exists()  # refused before anything was written or any actor started
+
+
+def test_a_failed_evaluation_stops_the_run_with_a_resume_hint(tmp_path):
+    # config.yaml is written before the step-0 evaluation: a worker error there is a stop
+    # mid-run (exit 1, resume hint), not "bad input, nothing was written".
+    from types import SimpleNamespace
+
+    from gapray.controller import Controller, RunStopped
+    from gapray.storage import RunDir
+    from gapray.workers.pool import WorkerError
+
+    class FailingPool:
+        def map_shares(self, method, n_rows, args_for):
+            raise WorkerError(
+                f"generation worker 0 failed in {method} on rows 0..{n_rows - 1}: OSError: disk"
+            )
+
+    cfg = load_config(["model=tiny", "eval.limit=2", f"run.out_dir={tmp_path}"])
+    roles = SimpleNamespace(generation=FailingPool(), reward=None, learner=None)
+    ctl = Controller(cfg, RunDir(tmp_path), roles)
+    with pytest.raises(RunStopped) as info:
+        ctl.run_loop()
+    msg = str(info.value)
+    assert msg.startswith("step 0 evaluation: generation worker 0 failed in eval_share on rows 0..1")
+    assert f"Resume with: gapray run resume={tmp_path}" in msg
+    assert (tmp_path / "config.yaml").is_file()

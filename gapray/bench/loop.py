@@ -103,7 +103,7 @@ def sequential_roles(cfg: Config):
     """The roles of `build_roles`, as plain objects in this process (same classes, same threads)."""
     from gapray.run import Roles, _threads
     from gapray.workers.generation import GenerationWorker
-    from gapray.workers.learner import LearnerWorker
+    from gapray.workers.learner import LearnerWorker, LogprobSettings
     from gapray.workers.reward import RewardWorker
 
     m, g, r, ln = cfg.model, cfg.generation, cfg.reward, cfg.learner
@@ -112,9 +112,16 @@ def sequential_roles(cfg: Config):
     reward = RewardWorker(m, r, _threads(cfg, r.cpus_per_worker), lora_scaling)
     # K ranks' rows per optimizer step become one rank's accumulated micro-batches: same updates.
     one_rank = dataclasses.replace(ln, num_ranks=1, grad_accum=ln.grad_accum * ln.num_ranks)
-    learner = LearnerWorker(m, one_rank, 0, 1, "", cfg.run.seed, _threads(cfg, ln.cpus_per_rank))
+    logprobs = LogprobSettings.from_config(ln, g)  # the sampler's CFG weight and temperature
+    learner = LearnerWorker(
+        m, one_rank, 0, 1, "", cfg.run.seed, _threads(cfg, ln.cpus_per_rank), logprobs=logprobs
+    )
     return Roles(
-        generation=LocalPool(gen), reward=LocalPool(reward), learner=LocalLearner(learner), groups=[]
+        generation=LocalPool(gen),
+        reward=LocalPool(reward),
+        learner=LocalLearner(learner),
+        groups=[],
+        learner_info=[],
     )
 
 

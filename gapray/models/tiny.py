@@ -53,26 +53,43 @@ def word_tokenizer(words: list[str] | tuple[str, ...] = BASE_WORDS) -> PreTraine
     vocab: dict[str, int] = {}
     for w in (*SPECIAL_TOKENS, *words):
         vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    return build_word_tokenizer(vocab, SPECIAL_TOKENS)
+
+
+def build_word_tokenizer(
+    vocab: dict[str, int],
+    special_tokens: list[str] | tuple[str, ...],
+    *,
+    bos: str = "<bos>",
+    eos: str = "<eos>",
+    pad: str = "<pad>",
+    unk: str = "<unk>",
+    image: str = "<image_placeholder>",
+    boi: str = "<begin_of_image>",
+    eoi: str = "<end_of_image>",
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `vocab` (token -> id; every special token in it, at the id it
+    holds there): splits on whitespace and punctuation, prepends `bos`, pads on the left, maps
+    unknown words to `unk`, and names Janus's image tokens for JanusProcessor."""
+    missing = [t for t in (*special_tokens, bos, eos, pad, unk, image, boi, eoi) if t not in vocab]
+    if missing:
+        raise ValueError(f"word tokenizer: special tokens {missing} have no id in the vocabulary")
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
     )
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.add_special_tokens(list(special_tokens))  # already in vocab: they keep their ids
     tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
         padding_side="left",
-        extra_special_tokens={
-            "image_token": "<image_placeholder>",
-            "boi_token": "<begin_of_image>",
-            "eoi_token": "<end_of_image>",
-        },
+        extra_special_tokens={"image_token": image, "boi_token": boi, "eoi_token": eoi},
     )
 
 
@@ -193,7 +210,7 @@ def janus_pro_config(size: str = "1b") -> JanusConfig:
             vocab_size=102400,
             num_key_value_heads=text["num_attention_heads"],
             max_position_embeddings=16384,
-            pad_token_id=100015,
+            pad_token_id=100002,  # <｜▁pad▁｜>: Janus-Pro-1B config.json (100015 was Janus-1.3B ONNX's)
             bos_token_id=100000,
             eos_token_id=100001,
             **text,

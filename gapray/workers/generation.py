@@ -56,14 +56,14 @@ class GenerationWorker(ModelWorker):
 
     def _checkpoint_dir(self, model_cfg) -> str:
         """A directory vLLM can load the starting weights from."""
-        from gapray.models import TOY_CHECKPOINT
+        from gapray.models import BUILT_IN_CODE, TOY_CHECKPOINT
 
         if model_cfg.name == "toy":
             return str(TOY_CHECKPOINT)
-        if model_cfg.name == "tiny":  # built in code: save it once for the engine to read
+        if model_cfg.name in BUILT_IN_CODE:  # built in code: save it once for the engine to read
             import tempfile
 
-            path = tempfile.mkdtemp(prefix="gapray-tiny-")
+            path = tempfile.mkdtemp(prefix=f"gapray-{model_cfg.name}-")
             self.model.save_pretrained(path)
             return path
         return model_cfg.name

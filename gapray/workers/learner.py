@@ -21,7 +21,6 @@ whatever the driver adds: curriculum and RNG states).
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,7 +121,9 @@ class LearnerWorker:
 
     def ready(self) -> dict:
         n_train = sum(p.numel() for p in self.params)
-        return {"pid": os.getpid(), "rank": self.rank, "trainable_params": n_train, "device": self.device}
+        from gapray.placement import actor_location
+
+        return {**actor_location(), "rank": self.rank, "trainable_params": n_train, "device": self.device}
 
     # ------------------------------------------------------------------------------ log-probs
     def _autocast(self):

@@ -6,8 +6,6 @@ worker.load_weights(version, bucket_refs)   # a WeightSync push, applied in plac
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from gapray.workers.sync import LoraMergeState, apply_update
@@ -20,11 +18,12 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
 
 
 def load_adapter(model_cfg, device: str):
-    """The model every role starts from (policy, reference and judge share initial weights)."""
+    """The model every role starts from (policy, reference and judge share initial weights:
+    models built in code, "tiny" and "janus_pro_shape", come from the same fixed seed)."""
     from gapray.models import load_model
 
     dtype = resolve_dtype(model_cfg.dtype, device)
-    if model_cfg.name == "tiny":
+    if model_cfg.name == "tiny":  # CPU-only test model: it takes no device
         return load_model("tiny", dtype=dtype)
     return load_model(model_cfg.name, dtype=dtype, device=device)
 
@@ -41,7 +40,9 @@ class ModelWorker:
         self.merge_state = LoraMergeState.empty()
 
     def ready(self) -> dict:
-        return {"pid": os.getpid(), "version": self.version, "device": self.device}
+        from gapray.placement import actor_location
+
+        return {**actor_location(), "version": self.version, "device": self.device}
 
     def get_version(self) -> int:
         return self.version

@@ -59,15 +59,17 @@ class WorkerPool:
     current: tuple[int, list] | None = None  # (version, bucket refs) of the last update
     restarts: int = 0
     max_restarts: int = 3
+    placement: list[dict] = field(default_factory=list)  # each worker's ready() info: node, pid
 
     def start(self) -> None:
         import ray
         from ray.exceptions import RayError
 
         self.actors = [self.make_actor(i) for i in range(self.size)]
+        self.placement = [{} for _ in self.actors]
         for i, a in enumerate(self.actors):
             try:
-                ray.get(a.ready.remote())
+                self.placement[i] = ray.get(a.ready.remote())
             except RayError as err:
                 raise WorkerError(f"{self.name} worker {i} failed to start: {describe(err)}") from None
 
@@ -91,7 +93,7 @@ class WorkerPool:
             ray.kill(self.actors[i])
         self.actors[i] = self.make_actor(i)
         try:
-            ray.get(self.actors[i].ready.remote())
+            self.placement[i] = ray.get(self.actors[i].ready.remote())
         except ray.exceptions.RayError as e:
             raise WorkerError(
                 f"{self.name} worker {i}: the replacement failed to start: {describe(e)}"

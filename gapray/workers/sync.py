@@ -186,12 +186,16 @@ class SyncStats:
     bytes: int
     buckets: int
     seconds: float
+    nodes: int = 1
+    """Ray nodes whose object store holds the buckets after every target pulled them (the
+    learner's node plus each other node a target runs on): > 1 means they crossed nodes."""
 
     def as_metrics(self) -> dict[str, float]:
         return {
             "sync_ms": 1000 * self.seconds,
             "sync_mb": self.bytes / 2**20,
             "sync_buckets": float(self.buckets),
+            "sync_nodes": float(self.nodes),
         }
 
 
@@ -215,4 +219,14 @@ class WeightSync:
         if any(v != version for v in held):
             raise RuntimeError(f"weight sync: workers report versions {held}, expected {version}")
         self.version = version
-        return SyncStats(version, nbytes, len(refs), time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        return SyncStats(version, nbytes, len(refs), seconds, nodes=_holding_nodes(refs))
+
+
+def _holding_nodes(refs: list) -> int:
+    """How many nodes' object stores hold a copy of the buckets (asked of their owner, the
+    learner; buckets small enough to travel inline live in no object store and count none)."""
+    import ray
+
+    locations = ray.experimental.get_object_locations(refs)
+    return len({node for loc in locations.values() for node in loc.get("node_ids") or []})

@@ -130,16 +130,21 @@ def test_eval_self_refuses_the_toy_prompt_set():
     assert info.value.keys == ["eval.prompts"]
 
 
-def test_preflight_refuses_eval_toy_for_a_model_of_another_size(tmp_path, capsys):
+@pytest.mark.parametrize("model", ["checkpoint", "janus_pro_shape"])
+def test_preflight_refuses_eval_toy_for_a_model_of_another_size(model, tmp_path, capsys):
     from gapray.run import main
 
-    ckpt = tmp_path / "tiny64"
-    tiny_janus(seed=0, image_size=64).save_pretrained(ckpt)
+    if model == "checkpoint":  # a checkpoint directory: its config.json says 64 px
+        ckpt = tmp_path / "tiny64"
+        tiny_janus(seed=0, image_size=64).save_pretrained(ckpt)
+        select, size = f"model.name={ckpt}", 64
+    else:  # Janus-Pro's layout, built in code
+        select, size = "model=janus_pro_shape", 384
     out = tmp_path / "run"
-    rc = main([f"model.name={ckpt}", "eval=toy", f"run.out_dir={out}", "run.progress=false"])
+    rc = main([select, "eval=toy", f"run.out_dir={out}", "run.progress=false"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert "eval.kind='toy'" in err and "reads 32 px images" in err and "makes 64 px images" in err
+    assert "eval.kind='toy'" in err and "reads 32 px images" in err and f"makes {size} px images" in err
     assert not out.exists()  # refused before anything was written or any actor started
 
 

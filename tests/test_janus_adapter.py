@@ -128,7 +128,7 @@ def test_judge_scores_in_unit_interval_and_depend_on_image(model):
     assert j.p_yes.shape == (3,)
     assert ((j.p_yes >= 0) & (j.p_yes <= 1)).all()
     assert j.decision.dtype == torch.bool
-    assert torch.equal(j.decision, j.p_yes > model.threshold)
+    assert torch.equal(j.decision, j.p_yes >= model.threshold)
     assert j.p_yes[0] == pytest.approx(j.p_yes[2].item(), abs=1e-6)  # same input, same score
     assert abs(j.p_yes[0].item() - j.p_yes[1].item()) > 1e-6  # the image changes the score
 

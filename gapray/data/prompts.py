@@ -6,6 +6,8 @@ this returns, and evaluation pairs each GenEval prompt with its images.
     load_prompts("geneval")                      # 553 GenEval prompts (evaluation only)
     load_prompts("t2i_compbench/color_train")    # one T2I-CompBench category and split
     load_prompts("t2i_compbench_train")          # all eight training categories
+    load_prompts("geneval_hard")                 # 300 harder GenEval-style compositions (geneval_hard.py)
+    load_prompts("dpg_bench")                    # DPG-Bench's 1,065 dense prompts, tag "dpg_bench"
     load_prompts("my_prompts.jsonl")             # GenEval metadata schema, one JSON object a line
     load_prompts("color_train.txt")              # one prompt a line; tag from the file name: "color"
 
@@ -47,7 +49,7 @@ class PromptFileError(ValueError):
 
 def builtin_names() -> list[str]:
     """Every name `load_prompts` accepts besides a file path."""
-    names = ["geneval", "t2i_compbench_train"]
+    names = ["geneval", "geneval_hard", "dpg_bench", "t2i_compbench_train"]
     names += [f"t2i_compbench/{c}_{s}" for c in T2I_COMPBENCH_CATEGORIES for s in T2I_COMPBENCH_SPLITS]
     return names
 
@@ -77,6 +79,13 @@ def _load_builtin(name: str) -> list[Prompt]:
     if name == "geneval":
         res = root / "geneval" / "evaluation_metadata.jsonl"
         return _parse_jsonl(res.read_text(encoding="utf-8"), str(res), "geneval")
+    if name == "geneval_hard":
+        from gapray.data.geneval_hard import geneval_hard
+
+        return geneval_hard()
+    if name == "dpg_bench":
+        res = root / "dpg_bench" / "dpg_bench_prompts.jsonl"
+        return _parse_dpg(res.read_text(encoding="utf-8"), str(res))
     if name == "t2i_compbench_train":
         return [p for c in T2I_COMPBENCH_CATEGORIES for p in _load_builtin(f"t2i_compbench/{c}_train")]
     if name.startswith("t2i_compbench/") and name in builtin_names():
@@ -132,6 +141,26 @@ def _parse_txt(text: str, name: str, stem: str, tag: str) -> list[Prompt]:
         for i, line in enumerate(text.splitlines())
         if line.strip()
     ]
+    if not prompts:
+        raise PromptFileError(f"{name}: no prompts in file")
+    return prompts
+
+
+def _parse_dpg(text: str, name: str) -> list[Prompt]:
+    """DPG-Bench's jsonl: {"item_id", "prompt"} a line; free text (no GenEval metadata), ids
+    "dpg_bench/<line index>" as every built-in, tag "dpg_bench"."""
+    prompts = []
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PromptFileError(f"{name} line {i + 1}: invalid JSON: {err}") from None
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PromptFileError(f"{name} line {i + 1}: field 'prompt' must be a non-empty string")
+        prompts.append(Prompt(id=f"dpg_bench/{i:05d}", text=prompt.strip(), tag="dpg_bench"))
     if not prompts:
         raise PromptFileError(f"{name}: no prompts in file")
     return prompts

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gapray.eval.images import grid_rows, make_grid, open_png, png_bytes
+from gapray.models.base import DEFAULT_QUESTION
 from gapray.storage.atomic import atomic_write_bytes, atomic_write_text
 from gapray.types import Prompt
 
@@ -36,6 +37,11 @@ class EvalSettings:
     temperature: float
     seed: int
     batch_size: int
+    question: str = DEFAULT_QUESTION
+    """The yes/no question every judge is asked ({prompt} = the prompt text): reward.question in
+    a run, so evaluation and training ask the same question."""
+    threshold: float = 0.5
+    """Decision yes when S = P(yes) / (P(yes) + P(no)) >= threshold: reward.threshold in a run."""
 
 
 @dataclass
@@ -51,6 +57,9 @@ class EvalShare:
     """Grid tiles (PNG bytes) of the prompts shown in grid.png, by prompt index."""
     version: int = 0
     """Policy version of the weights that made the images."""
+    images: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    """(index, sample) -> the image as PNG bytes, for evaluators judged outside the worker
+    (eval=judge: the external judges see these pixels); empty for every other evaluator."""
 
 
 def merge_shares(shares: Sequence[EvalShare]) -> EvalShare:
@@ -63,6 +72,7 @@ def merge_shares(shares: Sequence[EvalShare]) -> EvalShare:
         out.records += s.records
         out.questions += s.questions
         out.tiles |= s.tiles
+        out.images |= s.images
     out.records.sort(key=lambda r: (r["index"], r["sample"]))
     return out
 
@@ -119,16 +129,34 @@ def run_local(
     *,
     limit: int | None = None,
     meta: dict | None = None,
+    judges=None,
 ) -> dict:
-    """The whole evaluation in this process (`gapray eval`): one share of every prompt."""
+    """The whole evaluation in this process (`gapray eval`): one share of every prompt.
+    `judges`: the external judges (`gapray.eval.judges.JudgePanel`) of an evaluator that
+    needs them (eval=judge)."""
     prompts = evaluator.prompts()[:limit] if limit is not None else evaluator.prompts()
     if not prompts:
         raise ValueError("no prompts to evaluate (limit < 1?)")
     start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
     share = evaluator.share(model, prompts, range(len(prompts)), settings, out, set(grid_rows(prompts)))
-    results = dict(meta or {}) | evaluator.summarize(prompts, merge_shares([share]), settings)
+    merged = merge_shares([share])
+    judge_externally(evaluator, prompts, merged, settings, judges)
+    results = dict(meta or {}) | evaluator.summarize(prompts, merged, settings)
     results["seconds"] = round(time.perf_counter() - start, 2)
     if out is not None:
-        write_outputs(out, prompts, merge_shares([share]), results)
+        write_outputs(out, prompts, merged, results)
     return results
+
+
+def judge_externally(
+    evaluator: Evaluator, prompts: Sequence[Prompt], merged: EvalShare, settings, judges
+) -> None:
+    """For an evaluator that is judged outside the workers (`external = True`, eval=judge):
+    every image of `merged` goes to every judge of the panel; their verdicts land in each
+    record's "external" field and the images are dropped. Other evaluators: nothing to do."""
+    if not getattr(evaluator, "external", False):
+        return
+    if judges is None:
+        raise ValueError(f"the {evaluator.name} evaluator needs its external judges (eval.judges)")
+    judges.attach(prompts, merged, settings)

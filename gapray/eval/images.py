@@ -59,10 +59,13 @@ def generate_and_judge(
     seed: int,
     batch_size: int,
     question: str | None = None,
+    threshold: float | None = None,
     on_rows=None,
 ) -> Iterator[tuple[int, Prompt, list[Image.Image], Judged]]:
     """n images for each prompt (prompts[j] has index indices[j] in the evaluated set), decoded
-    and judged by the same model, about batch_size rows per call. Yields per prompt."""
+    and judged by the same model, about batch_size rows per call. Yields per prompt.
+    `question` / `threshold`: what the judge is asked and where it says yes (an evaluation in a
+    run passes reward.question / reward.threshold); None = the adapter's own."""
     per_chunk = max(1, batch_size // n)  # prompts per generate call: about batch_size rows
     for lo in range(0, len(prompts), per_chunk):
         chunk, where = prompts[lo : lo + per_chunk], indices[lo : lo + per_chunk]
@@ -77,6 +80,8 @@ def generate_and_judge(
         )  # (len(chunk) * n, T)
         images = model.decode(tokens)
         judged = model.judge(images, [p.text for p in chunk for _ in range(n)], question=question)
+        # s = 1 when S >= threshold, compared in S's own float32 as the reward worker does.
+        decision = judged.decision if threshold is None else judged.p_yes >= threshold
         for j, (index, p) in enumerate(zip(where, chunk, strict=True)):
             rows = slice(j * n, (j + 1) * n)
             yield (
@@ -85,7 +90,7 @@ def generate_and_judge(
                 images[rows],
                 Judged(
                     p_yes=[round(float(v), 6) for v in judged.p_yes[rows]],
-                    yes=[bool(v) for v in judged.decision[rows]],
+                    yes=[bool(v) for v in decision[rows]],
                 ),
             )
         if on_rows is not None:

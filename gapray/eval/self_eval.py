@@ -77,6 +77,8 @@ class SelfEvaluator:
             temperature=settings.temperature,
             seed=settings.seed,
             batch_size=settings.batch_size,
+            question=settings.question,
+            threshold=settings.threshold,
         ):
             for k in range(len(images)):
                 result.records.append(

@@ -6,7 +6,9 @@ worker (`WorkerPool.map_shares`, so a worker that dies is replaced and its share
 the same seeds); each worker evaluates its share with the weights it holds and writes its
 prompts' folders; the driver merges the shares, writes verdicts.jsonl, results.json and
 grid.png, and returns the headline metrics under names that say which evaluator made them
-(`self_non_unification`, `toy_geneval_overall`).
+(`self_non_unification`, `toy_geneval_overall`, `judge_<judge>_weak_generation`). With
+eval=judge the workers' images also go to the external judges' pools (`judges.JudgePanel`)
+before the summary.
 
     stage = EvalStage(cfg, roles.generation)
     results, metrics = stage.evaluate(run.path("evals/step_0000040"))
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gapray.eval.base import EvalSettings, Evaluator, merge_shares, write_outputs
+from gapray.eval.base import EvalSettings, Evaluator, judge_externally, merge_shares, write_outputs
 from gapray.eval.images import grid_rows
 from gapray.models.base import guidance
 
@@ -31,12 +33,17 @@ def make_evaluator(eval_cfg) -> Evaluator:
         from gapray.eval.toy_eval import ToyEvaluator
 
         return ToyEvaluator()
-    raise ValueError(f"eval.kind must be 'self' or 'toy', got {eval_cfg.kind!r}")
+    if eval_cfg.kind == "judge":
+        from gapray.eval.judge_eval import JudgeEvaluator
+
+        return JudgeEvaluator(eval_cfg.prompts, eval_cfg.judges)
+    raise ValueError(f"eval.kind must be 'self', 'toy' or 'judge', got {eval_cfg.kind!r}")
 
 
 def eval_settings(cfg) -> EvalSettings:
     """Evaluation images are drawn as the policy samples in training (its CFG weight and
-    temperature), with the run's seed."""
+    temperature), with the run's seed, and judged as in training (reward.question and
+    reward.threshold), so evaluation and training ask the same question."""
     g = cfg.generation
     return EvalSettings(
         images_per_prompt=cfg.eval.images_per_prompt,
@@ -44,15 +51,22 @@ def eval_settings(cfg) -> EvalSettings:
         temperature=g.temperature,
         seed=cfg.run.seed,
         batch_size=g.batch_size,
+        question=cfg.reward.question,
+        threshold=cfg.reward.threshold,
     )
 
 
 class EvalStage:
     """Driver-side: one evaluator, its prompts (loaded once), the generation pool to run on."""
 
-    def __init__(self, cfg, pool, prompts: list | None = None):
-        """`prompts`: the evaluator's prompt set if the caller loaded it already (preflight)."""
-        self.evaluator = make_evaluator(cfg.eval)
+    def __init__(
+        self, cfg, pool, prompts: list | None = None, judges=None, evaluator: Evaluator | None = None
+    ):
+        """`prompts`: the evaluator's prompt set if the caller loaded it already (preflight);
+        `judges`: the external judges (`gapray.eval.judges.JudgePanel`) eval=judge needs;
+        `evaluator`: one other than cfg.eval's (`gapray diagnose`: one per prompt set)."""
+        self.evaluator = make_evaluator(cfg.eval) if evaluator is None else evaluator
+        self.judges = judges
         prompts = self.evaluator.prompts() if prompts is None else prompts
         self.prompts = prompts[: cfg.eval.limit] if cfg.eval.limit is not None else prompts
         self.settings = eval_settings(cfg)
@@ -82,6 +96,7 @@ class EvalStage:
             ),
         )
         merged = merge_shares(shares)
+        judge_externally(self.evaluator, p, merged, self.settings, self.judges)
         results = self.evaluator.summarize(p, merged, self.settings)
         results |= {"evaluator": self.name, "version": merged.version, "workers": len(shares)}
         write_outputs(out, p, merged, results)

@@ -157,3 +157,65 @@ def test_validation():
         dpo_objective(PC, PR, RC, RR, beta=0.1, loss_type="sigmoid", nll_weight=0.5)
     with pytest.raises(ValueError, match="nll_weight"):
         dpo_objective(PC, PR, RC, RR, beta=0.1, loss_type="sigmoid", nll_weight=-1.0)
+
+
+# ---- beta per image token (learner.beta_per_token) ----------------------------------------------
+
+
+def test_per_token_by_hand():
+    # The pair above, h = 1.5 summed over T = 3 tokens -> per token h / 3 = 0.5; beta 0.2:
+    # beta h / T = 0.1, -log sigmoid(0.1) = log(1 + e^-0.1) = log(1.9048374) = 0.6443967
+    losses, rc, rr = preference_loss(PC, PR, RC, RR, beta=0.2, num_tokens=3)
+    assert losses.item() == pytest.approx(0.6443966600, abs=1e-9)
+    # rewards per token: 0.2 * 1/3 and 0.2 * (-0.5)/3
+    assert rc.item() == pytest.approx(0.2 / 3) and rr.item() == pytest.approx(-0.1 / 3)
+    # ipo per token: (0.5 - 1/(2 * 0.2))^2 = (0.5 - 2.5)^2 = 4; hinge: relu(1 - 0.2 * 0.5) = 0.9
+    assert preference_loss(PC, PR, RC, RR, beta=0.2, loss_type="ipo", num_tokens=3)[
+        0
+    ].item() == pytest.approx(4.0)
+    hinge = preference_loss(PC, PR, RC, RR, beta=0.2, loss_type="hinge", num_tokens=3)[0]
+    assert hinge.item() == pytest.approx(0.9)
+    # num_tokens=1 is the summed form
+    assert preference_loss(PC, PR, RC, RR, beta=0.1, num_tokens=1)[0].item() == pytest.approx(0.6209570478)
+    with pytest.raises(ValueError, match="num_tokens"):
+        preference_loss(PC, PR, RC, RR, beta=0.1, num_tokens=0)
+
+
+def _image_tokens() -> dict[str, int]:
+    """Image tokens per image of the toy model (its shipped config) and of janus_pro_shape."""
+    import json
+
+    from gapray.models import TOY_CHECKPOINT
+    from gapray.models.shapes import NUM_IMAGE_TOKENS
+
+    toy = json.loads((TOY_CHECKPOINT / "config.json").read_text())["vision_config"]["num_image_tokens"]
+    return {"toy": int(toy), "janus_pro_shape": int(NUM_IMAGE_TOKENS)}
+
+
+def test_tuned_toy_beta_means_the_same_on_janus_pro_shape_per_token():
+    """Pairs with the same per-token log-ratio (chosen +0.02, rejected -0.03 nats per token
+    against the reference) on the toy model's 16 tokens and janus_pro_shape's 576: with
+    beta_per_token the toy run's tuned beta (configs/learner/dpo.yaml) gives one loss; summed,
+    the larger image's loss is far smaller (its beta is effectively 36 times larger)."""
+    from gapray.config import load_config
+
+    beta = load_config([]).learner.beta  # the toy-tuned beta, 0.1
+    sizes = _image_tokens()
+    assert sizes == {"toy": 16, "janus_pro_shape": 576}
+    per_token = {}
+    summed = {}
+    for name, T in sizes.items():
+        ref_c = torch.full((2,), -5.0 * T, dtype=torch.float64)  # summed reference log-probs
+        ref_r = torch.full((2,), -6.0 * T, dtype=torch.float64)
+        pol_c, pol_r = ref_c + 0.02 * T, ref_r - 0.03 * T  # the same per-token log-ratios
+        per_token[name] = dpo_objective(pol_c, pol_r, ref_c, ref_r, beta=beta, num_tokens=T)[1]
+        summed[name] = dpo_objective(pol_c, pol_r, ref_c, ref_r, beta=beta)[1]
+    # beta * (0.02 + 0.03) = 0.005 -> -log sigmoid(0.005) = log(1 + e^-0.005) = 0.6906497
+    want = math.log(1 + math.exp(-beta * 0.05))
+    assert per_token["toy"]["loss"] == pytest.approx(want, abs=1e-12)
+    assert per_token["janus_pro_shape"]["loss"] == pytest.approx(want, abs=1e-12)
+    assert per_token["toy"]["reward_margin"] == pytest.approx(per_token["janus_pro_shape"]["reward_margin"])
+    # summed: beta h = 0.1 * 0.05 * 16 = 0.08 vs 0.1 * 0.05 * 576 = 2.88
+    assert summed["toy"]["loss"] == pytest.approx(math.log(1 + math.exp(-0.08)), abs=1e-12)
+    assert summed["janus_pro_shape"]["loss"] == pytest.approx(math.log(1 + math.exp(-2.88)), abs=1e-12)
+    assert summed["janus_pro_shape"]["loss"] < 0.1 < summed["toy"]["loss"]

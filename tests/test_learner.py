@@ -199,3 +199,60 @@ def test_sft_without_reference_loads_one_model(monkeypatch, trainable):
     stats = learner.update({"prompts": batch["prompts"], "tokens": batch["chosen"]})
     assert stats["optimizer_steps"] == 1
     assert moved(before, {n: p.detach() for n, p in learner.policy.trainable_parameters().items()})
+
+
+# ---- settings that transfer: beta per image token, a global batch fixed over ranks ---------------
+
+
+def test_beta_per_token_trains_on_per_token_log_ratios():
+    from gapray.algos.dpo import dpo_objective
+
+    learner = make_learner(["model.trainable=all", "learner.beta_per_token=true", "learner.lr=1e-3"])
+    batch = _pairs()
+    P, T = len(batch["prompts"]), batch["chosen"].shape[1]
+    before = {n: p.detach().clone() for n, p in learner.policy.model.named_parameters()}
+    first = learner.update(batch)
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference
+    assert moved(before, {n: p.detach() for n, p in learner.policy.model.named_parameters()})
+    # The learner's loss on the moved policy is the pure loss with num_tokens=T, not the sum's.
+    rows = batch["prompts"] * 2
+    tokens = torch.from_numpy(np.concatenate([batch["chosen"], batch["rejected"]])).long()
+    with torch.no_grad():
+        logp = learner._logps(learner.policy, rows, tokens)[0]
+        ref = learner._reference_logps(rows, tokens)
+        loss, _ = learner._dpo_loss(batch["prompts"], batch["chosen"], batch["rejected"])
+        per_token, _ = dpo_objective(logp[:P], logp[P:], ref[:P], ref[P:], beta=0.1, num_tokens=T)
+        summed, _ = dpo_objective(logp[:P], logp[P:], ref[:P], ref[P:], beta=0.1)
+    assert loss.item() == pytest.approx(per_token.item(), rel=1e-6)
+    assert abs(per_token.item() - summed.item()) > 1e-6
+    second = learner.update(batch)
+    assert second["loss"] != pytest.approx(first["loss"], abs=1e-7)  # the loss moved
+
+
+def test_pairs_per_update_fixes_the_global_batch_whatever_the_ranks():
+    learner = make_learner(["learner.pairs_per_update=2", "learner.micro_batch_size=1"])
+    assert learner.rows_per_update() == 2
+    learner.world_size = 4  # the global batch does not grow with the ranks
+    assert learner.rows_per_update() == 2
+    default = make_learner(["learner.micro_batch_size=2", "learner.grad_accum=3"])
+    default.world_size = 2
+    assert default.rows_per_update() == 2 * 3 * 2
+    # 3 pairs, 2 per update: updates of 2 and 1 pairs; the parameters move.
+    learner.world_size = 1
+    before = {n: p.detach().clone() for n, p in learner.policy.trainable_parameters().items()}
+    stats = learner.update(tiny_pairs(3))
+    assert stats["optimizer_steps"] == 2 and stats["rows"] == 3
+    assert moved(before, {n: p.detach() for n, p in learner.policy.trainable_parameters().items()})
+
+
+def test_two_gloo_ranks_with_pairs_per_update_match_one_rank(tmp_path):
+    """pairs_per_update=2 on 3 pairs: one rank and two ranks make the same two updates."""
+    overrides = ["model.trainable=all", "learner.pairs_per_update=2", "learner.lr=1e-3"]
+    batches = [tiny_pairs(3)]
+    one = make_learner(overrides)
+    one_stats = one.update(batches[0])
+    want = {n: p.detach().clone() for n, p in one.policy.model.named_parameters()}
+    ranks = run_ranks(2, overrides, batches, tmp_path)
+    assert ranks[0]["stats"][0]["optimizer_steps"] == one_stats["optimizer_steps"] == 2
+    assert_same_params(ranks[0]["params"][0], want, atol=1e-5)
+    assert ranks[0]["stats"][0]["loss"] == pytest.approx(one_stats["loss"], rel=1e-6)

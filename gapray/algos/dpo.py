@@ -10,8 +10,12 @@ or, for the self-filtered SFT variant, `sft_loss` on the accepted images' per-to
     loss.backward()
 
 All inputs are per pair, shape (P,). log pi(x|y) is the SUM over the image tokens of x (576 for
-Janus-Pro at 384 px), so the implicit reward beta * (log pi - log pi_ref) is per image, not per
-token. Nothing here knows about models, Ray or devices.
+Janus-Pro at 384 px, 16 for the toy model), so by default the implicit reward
+beta * (log pi - log pi_ref) is per image, not per token, and the same beta weighs a 576-token
+image 36 times as hard as a 16-token one (while the NLL term is a per-token mean). With
+`num_tokens=T` (learner.beta_per_token) the log-ratios are divided by T first: the preference
+term is then per image token, and a beta tuned at one image size means the same at any other.
+Nothing here knows about models, Ray or devices.
 """
 
 from __future__ import annotations
@@ -41,17 +45,19 @@ def preference_loss(
     beta: float,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
+    num_tokens: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-pair preference loss.
 
-    With h = (log pi(x+) - log ref(x+)) - (log pi(x-) - log ref(x-)):
+    With h = (log pi(x+) - log ref(x+)) - (log pi(x-) - log ref(x-)), divided by num_tokens T
+    when given (each log-ratio becomes a mean per image token):
       - "sigmoid" (DPO): -log sigmoid(beta h); with label smoothing eps (conservative DPO, which
         assumes a share eps of the labels is flipped): -(1-eps) log sigmoid(beta h) - eps log sigmoid(-beta h)
       - "ipo": (h - 1/(2 beta))^2, which pulls h towards a finite target instead of to infinity
       - "hinge" (SLiC): relu(1 - beta h)
 
     Returns (losses (P,), chosen rewards (P,), rejected rewards (P,)); the rewards
-    beta * (log pi - log ref) are detached, for metrics only.
+    beta * (log pi - log ref) (per token when num_tokens is given) are detached, for metrics only.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -61,6 +67,8 @@ def preference_loss(
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
     if label_smoothing and loss_type != "sigmoid":
         raise ValueError(f"label_smoothing applies to loss_type 'sigmoid' only, got loss_type {loss_type!r}")
+    if num_tokens is not None and not (isinstance(num_tokens, int) and num_tokens >= 1):
+        raise ValueError(f"num_tokens must be a positive int (image tokens per image), got {num_tokens!r}")
     _check_pairs(
         policy_chosen=policy_chosen,
         policy_rejected=policy_rejected,
@@ -68,8 +76,9 @@ def preference_loss(
         ref_rejected=ref_rejected,
     )
 
-    chosen_logratio = policy_chosen - ref_chosen  # (P,)
-    rejected_logratio = policy_rejected - ref_rejected  # (P,)
+    scale = 1.0 / num_tokens if num_tokens else 1.0  # per image token, or per image (the sum)
+    chosen_logratio = (policy_chosen - ref_chosen) * scale  # (P,)
+    rejected_logratio = (policy_rejected - ref_rejected) * scale  # (P,)
     h = chosen_logratio - rejected_logratio  # (P,)
 
     if loss_type == "sigmoid":
@@ -98,13 +107,14 @@ def dpo_objective(
     nll_weight: float = 0.0,
     chosen_nll: Tensor | None = None,
     label_smoothing: float = 0.0,
+    num_tokens: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The paper's DPO objective: mean over pairs of preference loss + nll_weight * NLL(x+|y).
 
     chosen_nll: (P,) mean negative log-likelihood per image token of each chosen image (so the
     NLL term has the same scale whatever the image size); required when nll_weight > 0. The NLL
     term keeps the chosen images likely: plain DPO may push both log-probs down as long as the
-    rejected one falls faster.
+    rejected one falls faster. num_tokens: see `preference_loss` (None: the summed log-ratio).
 
     Returns (scalar loss, metrics) with metrics loss, pref_loss, nll, reward_chosen,
     reward_rejected, reward_margin, reward_accuracy (share of pairs whose chosen reward is
@@ -120,6 +130,7 @@ def dpo_objective(
         beta=beta,
         loss_type=loss_type,
         label_smoothing=label_smoothing,
+        num_tokens=num_tokens,
     )
     pref_loss = losses.mean()
     loss = pref_loss

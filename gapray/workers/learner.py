@@ -9,7 +9,9 @@ distribution the sampler draws from unless configured otherwise (`LogprobSetting
 weight and the temperature of generation). A step's pairs are split across ranks and
 micro-batches; gradients are summed with all_reduce (gloo on CPU, nccl on GPU), each
 micro-batch weighted by its share of the step's pairs so the update equals the one-process
-mean. Every rank enters the same collectives in the same order whatever rows it got (a rank
+mean. An optimizer update takes learner.pairs_per_update rows over all ranks together when set
+(the global batch then does not grow with num_ranks), else micro_batch_size * grad_accum per
+rank. Every rank enters the same collectives in the same order whatever rows it got (a rank
 with none adds zeros), with every tensor on its own device. A non-finite loss on any rank
 skips the step everywhere.
 
@@ -154,11 +156,11 @@ class LearnerWorker:
 
         batch: {"prompts": list[str] (P,), "chosen": (P, T) int array, "rejected": (P, T)} for
         DPO, or {"prompts", "tokens": (N, T)} for SFT. The rows are cut into optimizer steps of
-        micro_batch_size * grad_accum * world_size rows; within one, rank r takes rows r::world
-        in micro-batches of micro_batch_size whose gradients accumulate before the step."""
+        `rows_per_update()` rows; within one, rank r takes rows r::world in micro-batches of
+        micro_batch_size whose gradients accumulate before the step."""
         key = "chosen" if self.cfg.algorithm == "dpo" else "tokens"
         total = len(batch["prompts"])
-        per_step = self.cfg.micro_batch_size * self.cfg.grad_accum * self.world_size
+        per_step = self.rows_per_update()
         results = [
             self._optimizer_step(batch, key, range(s, min(s + per_step, total)))
             for s in range(0, total, per_step)
@@ -174,6 +176,13 @@ class LearnerWorker:
         if done:
             self.version += 1
         return out
+
+    def rows_per_update(self) -> int:
+        """The global batch of one optimizer update: learner.pairs_per_update (the same whatever
+        the number of ranks), else micro_batch_size * grad_accum on each of the world_size ranks."""
+        if self.cfg.pairs_per_update is not None:
+            return int(self.cfg.pairs_per_update)
+        return self.cfg.micro_batch_size * self.cfg.grad_accum * self.world_size
 
     def _optimizer_step(self, batch: dict, key: str, chunk: range) -> dict[str, float]:
         mine = list(chunk)[self.rank :: self.world_size]
@@ -208,6 +217,9 @@ class LearnerWorker:
             nll_weight=self.cfg.nll_weight,
             chosen_nll=-per_token[:P].mean(-1),
             label_smoothing=self.cfg.label_smoothing,
+            # learner.beta_per_token: log-ratios per image token (T = tokens.shape[1]), so beta
+            # means the same at 16 tokens (toy) and 576 (Janus-Pro)
+            num_tokens=int(tokens.shape[1]) if self.cfg.beta_per_token else None,
         )
 
     def _sft_loss(self, prompts, tokens: np.ndarray):
@@ -332,11 +344,13 @@ class LearnerGroup:
 
     def __init__(self, actors: list):
         self.actors = actors
+        self.placement: list[dict] = []  # each rank's ready() info: node, pid, device
 
     def start(self) -> list[dict]:
         import ray
 
-        return ray.get([a.ready.remote() for a in self.actors])
+        self.placement = ray.get([a.ready.remote() for a in self.actors])
+        return self.placement
 
     def update(self, batch: dict) -> dict[str, float]:
         import ray

@@ -130,6 +130,9 @@ def test_a_judge_that_is_not_image_text_to_text_is_refused_before_any_actor(not_
     err = capsys.readouterr().err
     assert str(not_a_vlm) in err and "not an image-text-to-text model" in err and "eval.judges" in err
     assert not out.exists() and not ray.is_initialized()  # nothing written, no Ray, no actor
+    assert diagnose_main(["tiny", "--out", str(out)]) == 2  # a diagnosis needs a judge
+    assert "eval=judge needs at least one external judge" in capsys.readouterr().err
+    assert not out.exists() and not ray.is_initialized()
     run_out = tmp_path / "run"
     rc = run_main(
         [
@@ -281,3 +284,46 @@ def test_diagnose_toy_split_agrees_with_the_verifier_on_the_same_images(local_ra
             q.both_no,
         )
         assert got["weak_generation"] == q.weak_generation and got["misunderstanding"] == q.misunderstanding
+
+
+def test_eval_judge_config_is_checked_before_anything_starts(vlm_dir):
+    from gapray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"toy_verifier checks toy-world scenes only.*not geneval") as info:
+        load_config(["model=tiny", "eval=judge", "eval.prompts=geneval"])
+    assert info.value.keys == ["eval.judges"]
+    with pytest.raises(ConfigError, match="needs at least one external judge"):
+        load_config(["model=tiny", "eval=judge", "eval.prompts=geneval", "eval.judges=[]"])
+    with pytest.raises(ConfigError, match=r"eval\.judge_gpus=1\.5: must be >= 0; a fraction only below 1"):
+        load_config(
+            [
+                "model=tiny",
+                "eval=judge",
+                "eval.prompts=geneval",
+                f"eval.judges=[{vlm_dir}]",
+                "eval.judge_gpus=1.5",
+            ]
+        )
+    cfg = load_config(
+        ["model=tiny", "eval=judge", "eval.prompts=geneval", f"eval.judges=[{vlm_dir},{vlm_dir}]"]
+    )
+    assert cfg.eval.judges == [str(vlm_dir)] * 2
+
+
+def test_judge_names_and_room():
+    from types import SimpleNamespace
+
+    from gapray.eval.judges import check_room, judge_names
+    from gapray.placement import ResourceError
+
+    assert judge_names(["/ckpt/Qwen2.5-VL-72B-Instruct/", "toy_verifier", "/x/Qwen2.5-VL-72B-Instruct"]) == [
+        "qwen2_5_vl_72b_instruct",
+        "verifier",
+        "qwen2_5_vl_72b_instruct_2",
+    ]
+    ev = SimpleNamespace(judges=["/a", "/b", "toy_verifier"], judge_cpus=1.0, judge_gpus=2.0)
+    check_room(ev, {"CPU": 2.0, "GPU": 4.0})  # two actors (the verifier needs none): fits
+    with pytest.raises(
+        ResourceError, match=r"eval.judge_gpus=2.0: 2 external judge\(s\) need 4 GPU, the cluster has 3"
+    ):
+        check_room(ev, {"CPU": 8.0, "GPU": 3.0})

@@ -18,6 +18,7 @@ image-text-to-text architecture, built in code and loaded through AutoModelForIm
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -216,6 +217,18 @@ def test_diagnose_tiny_with_two_judges(local_ray, vlm_dir, vlm_dir_b, tmp_path, 
         "config.yaml",
     ):
         assert (out / f).is_file(), f
+    # Read back (as --compare reads another model's) and drawn beside another diagnosis.
+    from gapray.diagnose.report import load_diagnosis, write_report
+
+    back = load_diagnosis(out)
+    assert [s.name for s in back.sets] == ["geneval", "geneval_hard"] and back.judges == names
+    assert (
+        back.sets[1].results["judges"]["tiny_llava_b"]["both_no"]
+        == summary["sets"]["geneval_hard"]["judges"]["tiny_llava_b"]["both_no"]
+    )
+    other = dataclasses.replace(back, model="other-model")
+    write_report(back, out, [other])
+    assert "| other-model | geneval | all |" in (out / "table.md").read_text()
     page = (out / "index.html").read_text()
     grids = sorted(p.name for p in (out / "quadrants").iterdir())
     assert grids and all(f"quadrants/{g}" in page for g in grids)  # relative links, all present

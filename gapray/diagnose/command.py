@@ -53,13 +53,17 @@ def main(argv: list[str] | None = None) -> int:
         "--sets", help="comma-separated prompt sets in difficulty order (default: by model; see the docs)"
     )
     parser.add_argument("--out", help="output folder (default runs/diagnose-<model>-<timestamp>)")
+    parser.add_argument(
+        "--compare",
+        help="comma-separated folders of earlier diagnoses (other models) to draw beside this one",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
 
     from gapray.config import ConfigError, load_config, save
     from gapray.data.prompts import PromptFileError
     from gapray.diagnose.compute import check_diagnosis, diagnose
-    from gapray.diagnose.report import write_report
+    from gapray.diagnose.report import load_diagnosis, write_report
     from gapray.models import CheckpointError
     from gapray.models.vlm_judge import JudgeError
     from gapray.placement import ResourceError
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
             check_checkpoint_dir(Path(cfg.model.name))
         check_diagnosis(cfg, sets)
-    except (ConfigError, PromptFileError, CheckpointError, JudgeError) as err:
+        compare = [load_diagnosis(d) for d in (args.compare or "").split(",") if d.strip()]
+    except (ConfigError, PromptFileError, CheckpointError, JudgeError, ValueError) as err:
         print(f"gapray diagnose: {err}", file=sys.stderr)
         return 2
     name = Path(args.model.rstrip("/")).name or "model"
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ResourceError, WorkerError, JudgeError) as err:
         print(f"gapray diagnose: {err}", file=sys.stderr)
         return 2
-    report = write_report(diag, out)
+    report = write_report(diag, out, compare)
     summary = {
         "out": str(out),
         "model": diag.model,

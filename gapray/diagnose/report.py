@@ -90,10 +90,10 @@ def _f(v: Any, digits: int = 3) -> str:
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     head = (
-        "| set | tag | images | non-unification [95% CI] | judge | both yes | self yes, judge no | "
+        "| model | set | tag | images | non-unification [95% CI] | judge | both yes | self yes, judge no | "
         "self no, judge yes | both no | weak generation | misunderstanding | judge yes-rate | kappa (self, judge) |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         ci = (
             f"{_f(r['non_unification'])} [{_f(r['non_unification_lo'])}, {_f(r['non_unification_hi'])}]"
@@ -101,7 +101,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             else "–"
         )
         lines.append(
-            f"| {r['set']} | {r['tag']} | {r['n_images']} | {ci} | {r['judge'] or '–'} | "
+            f"| {Path(r['model']).name or r['model']} | {r['set']} | {r['tag']} | {r['n_images']} | {ci} | {r['judge'] or '–'} | "
             + " | ".join(_f(r[k]) for k in QUADRANT_NAMES)
             + f" | {_f(r['weak_generation'])} | {_f(r['misunderstanding'])} | {_f(r['judge_yes_rate'])} | "
             f"{_f(r['kappa_self'])} |"
@@ -150,7 +150,7 @@ def plot_non_unification(diags: Sequence[Diagnosis], path: Path) -> None:
     """The paper's first figure: non-unification per set (x, in difficulty order), one bar per
     model, with 95% bootstrap intervals."""
     sets = list(dict.fromkeys(s.name for d in diags for s in d.sets))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(sets) * max(1, len(diags))), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, min(14.0, 1.3 * len(sets) * (1 + 0.4 * (len(diags) - 1)))), 3.6))
     width = 0.8 / max(1, len(diags))
     for m, d in enumerate(diags):
         by = {s.name: s.results for s in d.sets}
@@ -243,14 +243,14 @@ def quadrant_of(self_yes: bool, judge_yes: bool) -> str:
 def write_html(diag: Diagnosis, rows: Sequence[dict[str, Any]], grids: dict, out: Path) -> None:
     e = html.escape
     head = [
-        "set", "tag", "images", "non-unification", "95% CI", "judge",
+        "model", "set", "tag", "images", "non-unification", "95% CI", "judge",
         *[QUADRANT_TITLES[q] for q in QUADRANT_NAMES],
         "weak generation", "misunderstanding", "judge yes-rate", "kappa (self, judge)",
     ]  # fmt: skip
     body = []
     for r in rows:
         cells = [
-            r["set"], r["tag"], r["n_images"], _f(r["non_unification"]),
+            Path(r["model"]).name or r["model"], r["set"], r["tag"], r["n_images"], _f(r["non_unification"]),
             f"[{_f(r['non_unification_lo'])}, {_f(r['non_unification_hi'])}]", r["judge"] or "–",
             *[_f(r[q]) for q in QUADRANT_NAMES],
             _f(r["weak_generation"]), _f(r["misunderstanding"]), _f(r["judge_yes_rate"]), _f(r["kappa_self"]),
@@ -298,12 +298,41 @@ the table as <a href="table.md">Markdown</a> and <a href="table.parquet">Parquet
     atomic_write_text(out / "index.html", page)
 
 
-def write_report(diag: Diagnosis, out: Path) -> dict[str, str]:
-    """Every report file under `out`; returns name -> path."""
+def load_diagnosis(folder: str | Path) -> Diagnosis:
+    """A finished diagnosis read back from its folder (summary.json and each set's
+    results.json), e.g. another model's, to draw beside this one (`--compare`)."""
+    from gapray.diagnose.compute import SetResult
+    from gapray.diagnose.sets import slug
+
+    folder = Path(folder)
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+        sets = [
+            SetResult(name, slug(name), json.loads((folder / slug(name) / "results.json").read_text()), 0.0)
+            for name in summary["sets"]
+        ]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{folder}: not a finished gapray diagnosis ({type(err).__name__}: {err})") from None
+    return Diagnosis(
+        model=summary["model"],
+        judges=list(summary["judges"]),
+        judge_specs=list(summary["judges"].values()),
+        sets=sets,
+        images_per_prompt=summary["images_per_prompt"],
+        seed=int(sets[0].results["seed"]) if sets else 0,
+    )
+
+
+def write_report(diag: Diagnosis, out: Path, compare: Sequence[Diagnosis] = ()) -> dict[str, str]:
+    """Every report file under `out`; returns name -> path. `compare`: other models'
+    diagnoses, drawn beside this one in non_unification.png (the paper's figure: by set and
+    model) and listed under the table."""
     out = Path(out)
     rows = table_rows(diag)
+    for other in compare:
+        rows += [r for r in table_rows(other) if r["tag"] == "all"]
     write_table(rows, diag, out)
-    plot_non_unification([diag], out / "non_unification.png")
+    plot_non_unification([diag, *compare], out / "non_unification.png")
     plot_quadrants(diag, out / "quadrants.png")
     grids = quadrant_grids(diag, out)
     write_html(diag, rows, grids, out)

@@ -88,7 +88,8 @@ def wandb_history(wandb_dir: Path) -> dict[str, dict[int, float]]:
 
 
 def mlflow_metrics(store: Path) -> dict[str, dict[str, dict[int, float]]]:
-    """{run name: {key: {step: value}}} of every run in the file store `store`."""
+    """{run name: {key: {step: value}}} of every run in the file store `store` (runs of one
+    name merged)."""
     import os
 
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -98,9 +99,10 @@ def mlflow_metrics(store: Path) -> dict[str, dict[str, dict[int, float]]]:
     out: dict[str, dict[str, dict[int, float]]] = {}
     for exp in client.search_experiments():
         for run in client.search_runs([exp.experiment_id]):
-            name = run.info.run_name
-            out[name] = {
-                key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-                for key in run.data.metrics
-            }
+            # A trial interrupted and resumed in a sweep has two MLflow runs of one name (Tune's
+            # callback opens one per driver): their metrics together are the trial's.
+            merged = out.setdefault(run.info.run_name, {})
+            for key in run.data.metrics:
+                hist = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+                merged.setdefault(key, {}).update(hist)
     return out

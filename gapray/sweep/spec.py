@@ -211,7 +211,7 @@ def check(spec: SweepSpec) -> None:
         if not a.values or (a.kind == GRID and len(a.values) != len({repr(v) for v in a.values})):
             raise ConfigError(f"{a.key}: a sweep axis needs distinct values, got {a.values}", [a.key])
     if not spec.axes:
-        raise ConfigError("sweep: no axis (give a key several values, e.g. learner.beta=0.05,0.1)", ["axes"])
+        raise ConfigError("sweep: no axes (give a key several values, e.g. learner.beta=0.05,0.1)", ["axes"])
     if spec.num_samples < 1:
         raise ConfigError(f"sweep.num_samples={spec.num_samples}: must be >= 1", ["sweep.num_samples"])
     if spec.num_samples > 1 and not any(a.kind in RANDOM_KINDS for a in spec.axes):
@@ -316,7 +316,13 @@ def _bounds(key: str, text: str, log: bool = False) -> list[float]:
 
 
 def _value(text: str) -> Any:
-    """A command-line value as YAML reads it (0.1 float, 3 int, true bool, dpo str)."""
+    """A command-line value as YAML reads it (0.1 float, 3 int, true bool, dpo str); 1e-5 is a
+    float, as hydra reads it (YAML 1.1 alone would keep it a string)."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
     try:
         v = yaml.safe_load(text)
     except yaml.YAMLError:

@@ -51,10 +51,17 @@ def bootstrap_ci(values: Sequence[float], resamples: int = 2000, seed: int = 0) 
 
 
 def headline(metrics: Sequence[str]) -> list[str]:
-    """The evaluation metrics that are not a per-tag split of another one
-    ("self_non_unification_two_object" is one of "self_non_unification")."""
+    """The evaluation metrics that are not a per-tag split of another one: of "m" (as
+    "self_non_unification_two_object" of "self_non_unification") or of "<p>_overall" (as
+    "toy_geneval_colors" of "toy_geneval_overall")."""
     names = list(metrics)
-    return [m for m in names if not any(m != o and m.startswith(o + "_") for o in names)]
+
+    def split(m: str) -> bool:
+        if any(m != o and m.startswith(o + "_") for o in names):
+            return True
+        return any(o.endswith("_overall") and m != o and m.startswith(o[: -len("overall")]) for o in names)
+
+    return [m for m in names if not split(m)]
 
 
 def trial_row(run_dir: Path, values: dict[str, Any], status: str = "ok", error: str | None = None) -> dict:

@@ -88,9 +88,10 @@ def test_a_tracker_without_its_extra_is_a_config_error_naming_it(monkeypatch, tr
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_run_logs_its_metrics_parquet_to_all_three(tmp_path):
-    """One tiny 2-step run with every tracker: each holds exactly the numeric columns of
-    metrics.parquet (at the steps where they are finite), same names, same values."""
+def test_a_run_and_its_resume_log_metrics_parquet_to_all_three(tmp_path):
+    """One tiny 2-step run with every tracker, resumed for a third step: each tracker holds
+    exactly the numeric columns of metrics.parquet (at the steps where they are finite), same
+    names, same values."""
     pytest.importorskip("ray")
     from gapray.run import execute
     from gapray.storage import RunDir
@@ -111,11 +112,15 @@ def test_a_run_logs_its_metrics_parquet_to_all_three(tmp_path):
         ]
     )
     execute(cfg)
+    # Resumed for one more step: the cumulative update count continues from the checkpoint.
+    from gapray.config import from_run_dir
+
+    execute(from_run_dir(out, ["run.steps=3"]))
     rows = RunDir(out).read_metrics().to_pylist()
-    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
     want = _expected(rows)
     assert {"loss", "optimizer_updates", "self_mean_p_yes", "pairs", "time_step"} <= set(want)
-    assert want["optimizer_updates"] == {0: 0.0, 1: 1.0, 2: 2.0}  # cumulative
+    assert want["optimizer_updates"] == {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0}  # cumulative, across the resume
     assert same(tensorboard_scalars(out / "tensorboard"), want)
     assert same(wandb_history(out / "wandb"), want)
     runs = mlflow_metrics(out / "mlruns")

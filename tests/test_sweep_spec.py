@@ -128,3 +128,28 @@ def test_every_trial_config_is_validated_before_anything_starts():
     with pytest.raises(ConfigError) as err:
         check_trials(spec)
     assert "learner.beta=-1" in str(err.value) and "learner.beta" in err.value.keys
+
+
+def test_a_trial_reserves_its_roles_and_places_them_on_its_own_bundles():
+    """The trial's PlacementGroupFactory is an empty head bundle (the trial's driver) plus one
+    bundle per actor; inside the trial each actor gets its bundle of the trial's group, in the
+    same order, and no group of its own."""
+    from gapray.config import load_config
+    from gapray.placement import place_roles, role_bundles
+    from gapray.sweep.spec import to_dict as spec_dict
+    from gapray.sweep.trial import trial_resources
+
+    spec = parse_args(["model=tiny", "run.seed=0,1", "generation.num_workers=2", "learner.gpus_per_rank=1"])
+    pgf = trial_resources({"values": {"run.seed": 0}, "spec": spec_dict(spec), "sweep_dir": "/x"})
+    assert pgf.head_bundle_is_empty and pgf.strategy == "PACK"
+    gen, rew, lrn = {"CPU": 1.0}, {"CPU": 0.5}, {"CPU": 0.5, "GPU": 1.0}
+    assert pgf.bundles == [gen, gen, rew, lrn]
+    cfg = load_config(["model=tiny", "generation.num_workers=2", "learner.gpus_per_rank=1"])
+    assert [b for _, b in role_bundles(cfg)] == pgf.bundles
+    trial_group = object()  # stands for the trial's placement group: nothing is created
+    placed = place_roles(cfg, within=(trial_group, 0))
+    assert placed == {
+        "generation": [(trial_group, 0), (trial_group, 1)],
+        "reward": [(trial_group, 2)],
+        "learner": [(trial_group, 3)],
+    }

@@ -1,6 +1,7 @@
 """The `gapray` command: one dispatcher, each subcommand's parsing lives beside its code.
 
 gapray eval CHECKPOINT [...]     # toy-world evaluation (CHECKPOINT may be `toy`)
+gapray diagnose MODEL [...]      # the internal gap per prompt set, split by external judges
 gapray toy pretrain [...]        # train the toy model from scratch
 gapray demo [...]                # generate, decode and self-judge with a model (smoke run)
 """
@@ -13,7 +14,9 @@ USAGE = """usage: gapray <command> [args]
 
 commands:
   run [overrides]   the online self-improvement run (local Ray, or the cluster's)
+  sweep [axes]      a scaling study on Ray Tune: one trial = one run (docs/sweeps.md)
   eval CHECKPOINT   evaluate a model on the toy world (CHECKPOINT: a path, or `toy`)
+  diagnose MODEL    the internal gap per prompt set, split by external judges (MODEL: a path, or `toy`)
   toy pretrain      train the toy unified model from scratch
   report RUN_DIR    an HTML report of a run (curves, per-tag table, before/after grids)
   bench loop|generation|paper   benchmarks (tables + benchmarks/results/)
@@ -33,8 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         from gapray.toy.pretrain import main as run
 
         rest = rest[1:]
+    elif cmd == "diagnose":
+        from gapray.diagnose.command import main as run
     elif cmd == "run":
         from gapray.run import main as run
+    elif cmd == "sweep":
+        from gapray.sweep import main as run
     elif cmd == "report":
         from gapray.report import main as run
     elif cmd == "bench":

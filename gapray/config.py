@@ -119,6 +119,11 @@ class RewardConfig:
     """Decision s = 1 when S = P(yes) / (P(yes) + P(no)) >= threshold."""
     batch_size: int = 16
     """(image, question) pairs a worker scores at once."""
+    verifier: str = "auto"
+    """Ground truth for the training rollouts, logged beside the judge (never a reward): "toy"
+    (the toy world's exact verifier: true pass rate under the exact-scene rule and GenEval's,
+    objects per image, and the judge-gaming monitor), "none", or "auto" (toy when
+    curriculum.prompts is the toy world's train split)."""
 
 
 @dataclass
@@ -148,6 +153,11 @@ class LearnerConfig:
     beta: float = 0.1
     """DPO inverse temperature beta (the paper does not give one): 0.1 in learner=dpo, tuned on
     the toy model; learner=dpo_nll, the paper's loss, uses HermesFlow's Pair-DPO 0.2."""
+    beta_per_token: bool = False
+    """False: the preference term uses the log-ratio summed over an image's tokens (16 for the
+    toy model, 576 for Janus-Pro), so one beta weighs large images harder. True: the log-ratio
+    per image token (the sum divided by the image's token count), so beta means the same at any
+    image size; a beta tuned summed on T tokens is beta * T per token."""
     nll_weight: float = 0.0
     """lambda, the weight of the NLL on the chosen image added to the DPO loss (0 = plain DPO,
     learner=dpo; the paper's loss adds it: learner=dpo_nll sets 1)."""
@@ -165,6 +175,11 @@ class LearnerConfig:
     """Pairs (dpo) or images (sft) per forward/backward on one rank."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
+    pairs_per_update: int | None = None
+    """Global batch of one optimizer update: pairs (dpo) or images (sft) over all ranks together,
+    so an update is the same whatever num_ranks (each rank takes its share in micro-batches of
+    micro_batch_size; grad_accum must stay 1). None: micro_batch_size * grad_accum * num_ranks,
+    which grows with the ranks. A step's last update may hold fewer rows."""
     num_ranks: int = 1
     """LearnerWorker actors (data-parallel ranks)."""
     cpus_per_rank: float = 0.5
@@ -226,12 +241,30 @@ class EvalConfig:
     kind: str = "self"
     """"self": held-out prompts, N images each judged by the model's own understanding
     (non-unification, mean P(yes), per tag), for any model; "toy": the toy world's exact
-    verifier (GenEval rules, understanding, self-judge accuracy), only for toy-world models.
+    verifier (GenEval rules, understanding, self-judge accuracy), only for toy-world models;
+    "judge": the self-judge beside external judges (eval.judges): the four quadrants of self
+    x judge verdicts, the weak-generation / misunderstanding split, Cohen's kappa.
     The group default `eval=auto` picks toy for model=toy and self for every other model."""
     prompts: str = "geneval"
-    """eval=self: the held-out prompt set, a built-in name ("geneval": GenEval's 553 prompts,
-    "t2i_compbench/<category>_val", ...) or a GenEval-schema .jsonl / one-prompt-a-line .txt
-    file. eval=toy always uses the toy world's test split."""
+    """eval=self / eval=judge: the held-out prompt set, a built-in name ("geneval": GenEval's
+    553 prompts, "geneval_hard", "t2i_compbench/<category>_val", "dpg_bench", ...) or a
+    GenEval-schema .jsonl / one-prompt-a-line .txt file; eval=judge also takes "toy" (the toy
+    world's test split) and "toy/easy" | "toy/medium" | "toy/hard" (its tags by difficulty).
+    eval=toy always uses the toy world's test split."""
+    judges: list[str] = field(default_factory=list)
+    """eval=judge and `gapray diagnose`: the external judges, each a local directory of a
+    transformers image-text-to-text model (AutoModelForImageTextToText + AutoProcessor, e.g.
+    Qwen2.5-VL-72B-Instruct), or "toy_verifier" (the toy world's exact verifier as a perfect
+    judge; toy prompt sets only). Each judge gets its own Ray actor."""
+    judge_cpus: float = 1.0
+    """Ray CPUs each external judge's actor reserves."""
+    judge_gpus: float = 0.0
+    """Ray GPUs each external judge's actor reserves (0 = CPU; a 72B judge in bfloat16 needs
+    about 150 GB, i.e. 2 x 80 GB: set 2)."""
+    judge_batch_size: int = 8
+    """(image, question) pairs an external judge scores at once."""
+    judge_dtype: str = "auto"
+    """External judges' weights: "float32" | "bfloat16" | "auto" (bfloat16 on GPU, float32 on CPU)."""
     images_per_prompt: int = 4
     """Images per evaluated prompt, with fixed seeds (GenEval: 4)."""
     limit: int | None = None
@@ -267,6 +300,18 @@ class RunConfig:
     threads_per_actor: int | None = None
     """torch threads in each actor; None = the role's CPU reservation rounded up. The loop's
     stages run one after another, so on one small machine every actor may use all its cores."""
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers that get every metrics row under its metrics.parquet names:
+    "tensorboard" (event files in <run dir>/tensorboard), "wandb" (needs gapray[wandb]) and
+    "mlflow" (needs gapray[mlflow]); [] for none. In a sweep they are Ray Tune's logger callbacks."""
+    wandb_project: str = "gapray"
+    """run.trackers=[wandb]: the W&B project (the run's name is its directory's)."""
+    wandb_mode: str | None = None
+    """run.trackers=[wandb]: "online", "offline" (files in <run dir>/wandb; `wandb sync` later)
+    or null (W&B's own default: WANDB_MODE, else online)."""
+    mlflow_uri: str | None = None
+    """run.trackers=[mlflow]: the tracking URI; null = a file store in <run dir>/mlruns (in a
+    sweep: <sweep dir>/mlruns)."""
 
 
 @dataclass

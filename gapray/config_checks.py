@@ -57,6 +57,12 @@ def validate(cfg: Config) -> None:
     # reward
     need(0 < r.threshold < 1, "reward.threshold", "must be in (0, 1)")
     need(r.batch_size >= 1, "reward.batch_size", "must be >= 1")
+    one_of("reward.verifier", "auto", "toy", "none")
+    need(
+        r.verifier != "toy" or c.prompts == TOY_PROMPTS,
+        "reward.verifier",
+        f"'toy' checks the toy world's prompts; curriculum.prompts={c.prompts!r} has no ground truth",
+    )
     need(_formats_with_prompt(r.question), "reward.question", "must contain {prompt} and no other {field}")
     # pairs
     one_of("pairs.rule", "paper", "best_worst")
@@ -81,6 +87,16 @@ def validate(cfg: Config) -> None:
     need(ln.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")
     need(ln.grad_accum >= 1, "learner.grad_accum", "must be >= 1")
     need(
+        ln.pairs_per_update is None or ln.pairs_per_update >= 1,
+        "learner.pairs_per_update",
+        "must be null (micro_batch_size * grad_accum * num_ranks) or >= 1",
+    )
+    need(
+        ln.pairs_per_update is None or ln.grad_accum == 1,
+        "learner.grad_accum",
+        f"must be 1 when learner.pairs_per_update is set ({ln.pairs_per_update!r} rows per update)",
+    )
+    need(
         ln.logprob_cfg_scale is None or ln.logprob_cfg_scale >= 1,
         "learner.logprob_cfg_scale",
         "must be null (follow generation.cfg_scale) or >= 1 (1 = conditional)",
@@ -101,12 +117,28 @@ def validate(cfg: Config) -> None:
     prompts_error = _prompts_error(c.prompts)
     need(prompts_error is None, "curriculum.prompts", prompts_error or "")
     # eval
-    one_of("eval.kind", "self", "toy")
+    one_of("eval.kind", "self", "toy", "judge")
     need(ev.images_per_prompt >= 1, "eval.images_per_prompt", "must be >= 1")
     need(ev.limit is None or ev.limit >= 1, "eval.limit", "must be null (all) or >= 1")
     if ev.kind == "self":
         eval_prompts_error = _prompts_error(ev.prompts, allow_toy=False)
         need(eval_prompts_error is None, "eval.prompts", eval_prompts_error or "")
+    from gapray.eval.judges import judges_error, toy_set
+
+    if ev.kind == "judge":
+        eval_prompts_error = None if toy_set(ev.prompts) else _prompts_error(ev.prompts, allow_toy=False)
+        need(eval_prompts_error is None, "eval.prompts", eval_prompts_error or "")
+        need(bool(ev.judges), "eval.judges", "eval=judge needs at least one external judge")
+    judge_error = judges_error(ev.judges, ev.prompts) if ev.judges else None
+    need(judge_error is None, "eval.judges", judge_error or "")
+    need(ev.judge_cpus > 0, "eval.judge_cpus", "must be > 0")
+    need(
+        ev.judge_gpus >= 0 and (ev.judge_gpus <= 1 or ev.judge_gpus == int(ev.judge_gpus)),
+        "eval.judge_gpus",
+        "must be >= 0; a fraction only below 1",
+    )
+    need(ev.judge_batch_size >= 1, "eval.judge_batch_size", "must be >= 1")
+    one_of("eval.judge_dtype", "float32", "bfloat16", "auto")
     # run
     need(run.steps >= 1, "run.steps", "must be >= 1")
     need(bool(run.out_dir.strip()), "run.out_dir", "must not be empty")
@@ -125,6 +157,21 @@ def validate(cfg: Config) -> None:
         "run.threads_per_actor",
         "must be >= 1 (or null for the role's CPUs)",
     )
+    from gapray.trackers import TRACKERS, missing_extra
+
+    need(
+        all(t in TRACKERS for t in run.trackers) and len(set(run.trackers)) == len(run.trackers),
+        "run.trackers",
+        "must list each of " + ", ".join(map(repr, TRACKERS)) + " at most once",
+    )
+    for tracker in (t for t in run.trackers if t in TRACKERS):
+        missing = missing_extra(tracker)
+        need(missing is None, "run.trackers", f"{tracker!r}: {missing}")
+    need(bool(run.wandb_project.strip()), "run.wandb_project", "must not be empty")
+    need(
+        run.wandb_mode in (None, "online", "offline"), "run.wandb_mode", "must be null, 'online' or 'offline'"
+    )
+    need(run.mlflow_uri is None or bool(run.mlflow_uri.strip()), "run.mlflow_uri", "null or a tracking URI")
     # combinations
     if ln.algorithm == "dpo":
         need(

@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from gapray.algos.curriculum import make_curriculum
+from gapray.algos.monitor import GamingMonitor
 from gapray.algos.pairs import build_pairs, select_sft
 from gapray.config import TOY_PROMPTS, Config, to_dict
 from gapray.eval.stage import EvalStage
+from gapray.eval.verifier import verifies
 from gapray.storage import CorruptCheckpointError, RunDir
 from gapray.types import Prompt
 from gapray.workers.generation import Rollouts, generate_rollouts
@@ -89,8 +91,11 @@ class Controller:
         roles,
         prompts: list[Prompt] | None = None,
         eval_prompts: list[Prompt] | None = None,
+        trackers: list | None = None,
     ):
         self.cfg, self.run, self.roles = cfg, run, roles
+        self.trackers = list(trackers or [])  # gapray.trackers: each logged row, as metrics.parquet has it
+        self.optimizer_updates = 0  # cumulative optimizer updates over the run (all steps so far)
         c = cfg.curriculum
         self.curriculum = make_curriculum(
             c.kind,
@@ -99,10 +104,13 @@ class Controller:
             cfg.run.seed,
             **_curriculum_kwargs(c),
         )
-        self.eval_stage = EvalStage(cfg, roles.generation, eval_prompts)
+        judges = getattr(roles, "judges", None)  # eval=judge: the external judges' pools
+        self.eval_stage = EvalStage(cfg, roles.generation, eval_prompts, judges=judges)
         self.sync = WeightSync(cfg.sync.bucket_mb)
         self.sync_targets = [roles.generation] + ([roles.reward] if cfg.reward.follow_policy else [])
         self.evals: dict[int, dict] = {}
+        self.verify = verifies(cfg)  # the training prompts have a ground truth (the toy world)
+        self.monitor = GamingMonitor()
         self.start_step = 1
 
     # ----------------------------------------------------------------------------- one step
@@ -117,12 +125,14 @@ class Controller:
                     self.roles.generation, [p.id for p in prompts], [p.text for p in prompts], seeds, n
                 )
             with timer.stage("reward"):
-                scored = score_rollouts(self.roles.reward, samples)
+                specs = [p for p in prompts for _ in range(n)] if self.verify else None
+                scored = score_rollouts(self.roles.reward, samples, specs)
             with timer.stage("pairs"):
                 batch, pair_stats = self.make_batch(samples, scored)
             learner_version = self.sync.version
             with timer.stage("learn"):
                 learn = self.roles.learner.update(batch) if len(batch["prompts"]) else {"rows": 0.0}
+            self.optimizer_updates += int(learn.get("optimizer_steps", 0))
             self.curriculum.observe(step, _pass_counts(samples, scored))
             with timer.stage("sync"):
                 sync = self.push() if learn.get("optimizer_steps") else None
@@ -136,13 +146,37 @@ class Controller:
             "pass_rate": float(scored.accepted.mean()),
             **pair_stats,
             **{f"learn_{k}" if k in ("rows",) else k: v for k, v in learn.items()},
+            "optimizer_updates": self.optimizer_updates,
             **self.curriculum.stats(),
             **timer.seconds,
             "images_per_s": len(samples) / max(timer.seconds["time_generate"], 1e-9),
             "judged_per_s": len(samples) / max(timer.seconds["time_reward"], 1e-9),
             **(sync.as_metrics() if sync else {}),
+            **self.watch_the_judge(step, scored),
         }
         return row
+
+    def watch_the_judge(self, step: int, scored: Scores) -> dict:
+        """The verifier's view of this step's rollouts beside the judge's, and the gaming
+        monitor (gapray.algos.monitor): a warning when the judged pass rate rises and the true
+        one does not. Nothing when the prompts have no ground truth."""
+        t = scored.truth
+        if t is None:
+            return {}
+        from gapray.eval.toy_eval import self_judge_metrics
+
+        judged, true = float(scored.accepted.mean()), float(t.exact.mean())
+        warning = self.monitor.observe(step, judged, true)
+        if warning is not None:
+            log.warning("step %d: %s", step, warning)
+        agree = self_judge_metrics(t.exact.tolist(), scored.accepted.tolist())
+        return {
+            "true_pass_rate": true,
+            "true_pass_rate_geneval": float(t.geneval.mean()),
+            "rollout_objects_per_image": float(t.objects.mean()),
+            "judge_balanced_accuracy_rollouts": agree["judge_balanced_accuracy"],
+            "gaming_warning": float(warning is not None),
+        }
 
     def push(self):
         """Weight sync; a generation/reward worker that dies during it is replaced and loaded
@@ -223,6 +257,11 @@ class Controller:
         extra = self.roles.learner.load_checkpoint(str(path))
         self.curriculum.load_state_dict(extra["curriculum"])
         self.evals = {int(k): v for k, v in extra.get("evals", {}).items()}
+        saved = extra.get("optimizer_updates")
+        self.optimizer_updates = int(saved) if saved is not None else self._updates_logged(extra["step"])
+        mon = extra.get("monitor") or {}
+        self.monitor.judged, self.monitor.true = list(mon.get("judged", [])), list(mon.get("true", []))
+        self.monitor.warnings = list(mon.get("warnings", []))
         self.sync.version = extra["sync_version"] - 1
         self.sync.push(self.roles.learner, self.sync_targets)  # workers get the checkpoint's weights
         self.start_step = extra["step"] + 1
@@ -234,6 +273,12 @@ class Controller:
             "curriculum": self.curriculum.state_dict(),
             "sync_version": self.sync.version,
             "evals": {str(k): v for k, v in self.evals.items()},
+            "optimizer_updates": self.optimizer_updates,
+            "monitor": {
+                "judged": self.monitor.judged,
+                "true": self.monitor.true,
+                "warnings": self.monitor.warnings,
+            },
         }
         self.roles.learner.save_checkpoint(str(self.run.root), step, extra, self.cfg.run.keep_checkpoints)
 
@@ -241,7 +286,9 @@ class Controller:
         r = self.cfg.run
         self.run.write_config(to_dict(self.cfg))
         if 0 not in self.evals:
-            self.run.log_metrics(0, {"step": 0, "version": 0, **self.evaluate(0)})
+            first = {"step": 0, "version": 0, "optimizer_updates": 0, **self.evaluate(0)}
+            self.run.log_metrics(0, first)
+            self._track(0, first)
         bad = 0
         for step in range(self.start_step, r.steps + 1):
             row = self._guarded_step(step)
@@ -249,6 +296,7 @@ class Controller:
             if (r.eval_every and step % r.eval_every == 0) or step == r.steps:  # 0: start and end only
                 row.update(self.evaluate(step))
             self.run.log_metrics(step, row)
+            self._track(step, row)
             if (r.checkpoint_every and step % r.checkpoint_every == 0) or step == r.steps:
                 self.checkpoint(step)
             if progress is not None:
@@ -260,6 +308,19 @@ class Controller:
                     f"{self._resume_hint('e.g. with a lower learner.lr')}"
                 )
         return self.finish()
+
+    def _track(self, step: int, row: dict) -> None:
+        for tracker in self.trackers:
+            tracker.log(step, row)
+
+    def _updates_logged(self, upto: int) -> int:
+        """Optimizer updates the logged steps 1..upto made (a checkpoint written before the
+        count was saved with it)."""
+        table = self.run.read_metrics()
+        if "optimizer_steps" not in table.column_names:
+            return 0
+        rows = zip(table.column("step").to_pylist(), table.column("optimizer_steps").to_pylist(), strict=True)
+        return int(sum(n or 0 for s, n in rows if 1 <= s <= upto))
 
     def _guarded_step(self, step: int) -> dict:
         """One step; a dead learner rank or a worker error stops the run with a resume hint."""
@@ -305,6 +366,7 @@ class Controller:
             "start": start,
             "final": final,
             "delta": {k: _delta(final.get(k), v) for k, v in start.items()},
+            "warnings": self.monitor.warnings,
         }
         self.run.write_summary(summary)
         return summary
@@ -347,7 +409,15 @@ def _rollout_columns(step: int, samples: Rollouts, scored: Scores) -> dict:
         "p_yes": scored.p_yes,
         "accepted": scored.accepted,
         "judge_version": scored.versions,
-    }
+    } | (
+        {}
+        if scored.truth is None
+        else {
+            "true_exact": scored.truth.exact,
+            "true_geneval": scored.truth.geneval,
+            "objects": scored.truth.objects,
+        }
+    )
 
 
 def _curriculum_kwargs(c) -> dict:

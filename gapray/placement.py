@@ -72,18 +72,38 @@ def check_resources(cfg: Config, available: dict[str, float]) -> None:
     )
 
 
-def place_roles(cfg: Config, timeout_s: float = 120.0) -> dict[str, list[tuple[object, int]]]:
-    """Create placement groups and return, per role, one (group, bundle index) per actor."""
+def _bundle(r: dict) -> dict[str, float]:
+    b = {"CPU": r["cpus"]}
+    if r["gpus"]:
+        b["GPU"] = r["gpus"]
+    return b
+
+
+def role_bundles(cfg: Config) -> list[tuple[str, dict[str, float]]]:
+    """One (role, Ray bundle) per actor, generation workers first, then reward workers, then
+    learner ranks: the order of a colocated group's bundles and of a sweep trial's."""
+    return [(name, _bundle(r)) for name, r in resources_per_role(cfg).items() for _ in range(r["count"])]
+
+
+def place_roles(
+    cfg: Config, timeout_s: float = 120.0, within: tuple[object, int] | None = None
+) -> dict[str, list[tuple[object, int]]]:
+    """Create placement groups and return, per role, one (group, bundle index) per actor.
+
+    within = (group, first): the bundles are already reserved, `role_bundles(cfg)` from bundle
+    index `first` of that group on: a `gapray sweep` trial, whose group Ray Tune created from
+    the trial's PlacementGroupFactory (gapray.sweep.trial); no group is created then."""
     import ray
     from ray.util.placement_group import placement_group
 
     roles = resources_per_role(cfg)
-
-    def bundle(r: dict) -> dict[str, float]:
-        b = {"CPU": r["cpus"]}
-        if r["gpus"]:
-            b["GPU"] = r["gpus"]
-        return b
+    bundle = _bundle
+    if within is not None:
+        pg, first = within
+        placed: dict[str, list[tuple[object, int]]] = {name: [] for name in roles}
+        for index, (name, _) in enumerate(role_bundles(cfg)):
+            placed[name].append((pg, first + index))
+        return placed
 
     if cfg.run.placement == "colocate":
         order = [(name, i) for name, r in roles.items() for i in range(r["count"])]

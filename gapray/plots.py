@@ -30,7 +30,8 @@ from gapray.storage.atomic import atomic_path
 
 DEFAULT_SERIES: list[tuple[str, str]] = [
     ("mean_p_yes", "reward (mean P(yes))"),
-    ("pass_rate", "pass rate"),
+    ("pass_rate", "pass rate (judged)"),
+    ("true_pass_rate", "true pass rate (exact verifier)"),
     ("toy_geneval_overall", "toy GenEval overall (eval=toy)"),
     ("self_non_unification", "non-unification (eval=self)"),
     ("toy_non_unification", "non-unification (eval=toy)"),
@@ -38,8 +39,9 @@ DEFAULT_SERIES: list[tuple[str, str]] = [
 ]
 """(column, panel title) drawn when `series` is None; column names as logged by the controller
 (evaluation columns carry their evaluator's prefix, gapray.eval.stage)."""
-EVAL_PREFIXES = ("toy_", "self_")
-"""Evaluation columns: their panels are drawn only for the evaluator a run used."""
+EVAL_PREFIXES = ("toy_", "self_", "true_")
+"""Evaluation and ground-truth columns: their panels are drawn only when the run logged them
+(the evaluator it used; the verifier where its prompts have a ground truth)."""
 
 
 def _columns(metrics: pa.Table | Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:

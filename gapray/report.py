@@ -46,6 +46,7 @@ from gapray.storage import RunDir
 from gapray.storage.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 
 EVAL_MEASURES: list[tuple[str, str, bool]] = [
+    ("exact_scene_overall", "exact-scene accuracy (asked objects, nothing else)", True),
     ("geneval_overall", "GenEval overall", True),
     ("non_unification", "non-unification (own images rejected)", False),
     ("understanding_accuracy", "understanding accuracy", True),
@@ -53,7 +54,9 @@ EVAL_MEASURES: list[tuple[str, str, bool]] = [
     ("mean_p_yes", "mean P(yes) of own images", True),
 ]
 """(key, label, higher is better) of the start -> final table; keys as in results.json (an
-evaluator reports some of them: toy the first four, self non-unification and mean P(yes))."""
+evaluator reports some of them: toy all but the last, self non-unification and mean P(yes))."""
+COUNT_MEASURES: list[tuple[str, str]] = [("objects_per_image", "objects per image")]
+"""Measures that are neither better nor worse when they grow: shown in the table, uncoloured."""
 EVALUATORS = ("toy", "self")
 """Prefixes of the evaluation columns in metrics.parquet (toy_geneval_overall, self_...)."""
 STEP_COLUMNS = ("step", "mean_p_yes", "pass_rate", "pairs", "loss", "time_step")
@@ -149,6 +152,44 @@ def _num(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def plot_pass_rates(metrics: dict[str, list], out_png: Path) -> Path:
+    """Per step: the judge's pass rate, the exact verifier's (exact scene and GenEval's rule)
+    on the same training rollouts, and objects per image on a second axis."""
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    try:
+        steps = metrics.get("step", [])
+        for key, label in (
+            ("pass_rate", "judged (own understanding)"),
+            ("true_pass_rate", "true: exact scene"),
+            ("true_pass_rate_geneval", "true: GenEval's rule"),
+        ):
+            pts = [(s, _num(v)) for s, v in zip(steps, metrics.get(key, [None] * len(steps)), strict=True)]
+            pts = [(s, v) for s, v in pts if s is not None and v is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, linewidth=1.3)
+        ax.set_xlabel("step")
+        ax.set_ylabel("pass rate")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+        objs = [
+            (s, _num(v)) for s, v in zip(steps, metrics.get("rollout_objects_per_image", []), strict=False)
+        ]
+        objs = [(s, v) for s, v in objs if s is not None and v is not None]
+        if objs:
+            twin = ax.twinx()
+            twin.plot(
+                [p[0] for p in objs], [p[1] for p in objs], color="gray", linestyle=":", label="objects/img"
+            )
+            twin.set_ylabel("objects per image", color="gray")
+        ax.legend(fontsize=8, loc="upper left")
+        fig.tight_layout()
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return out_png
 
 
 def plot_evals(evals: dict[int, dict], out_png: Path) -> Path:
@@ -294,11 +335,14 @@ def _fmt(v: Any) -> str:
     return f"{f:.3f}"
 
 
-def _delta_cell(a: Any, b: Any, higher_is_better: bool) -> str:
+def _delta_cell(a: Any, b: Any, higher_is_better: bool | None) -> str:
+    """A delta cell, green/red by `higher_is_better` (None: uncoloured)."""
     fa, fb = _num(a), _num(b)
     if fa is None or fb is None:
         return "<td>—</td>"
     d = fb - fa
+    if higher_is_better is None:
+        return f"<td>{d:+.3f}</td>"
     cls = "" if abs(d) < 5e-4 else ("good" if (d > 0) == higher_is_better else "bad")
     return f'<td class="{cls}">{d:+.3f}</td>' if cls else f"<td>{d:+.3f}</td>"
 
@@ -397,6 +441,15 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             ]
             for k, label, hib in EVAL_MEASURES
         ]
+        rows += [
+            [
+                f'<td class="l">{html.escape(label)}</td>',
+                f"<td>{_fmt(start.get(k))}</td>",
+                f"<td>{_fmt(final.get(k))}</td>",
+                _delta_cell(start.get(k), final.get(k), None),
+            ]
+            for k, label in COUNT_MEASURES
+        ]
         parts.append(_table(["measure", f"start (step {s_first})", fin_head, "delta"], rows))
         parts.append('<p class="note">green: better, red: worse (non-unification: lower is better).</p>')
 
@@ -439,6 +492,22 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if evals:
         plot_evals(evals, out_dir / "evals.png")
         parts.append('<p><img src="evals.png" alt="eval measures over the eval steps"></p>')
+
+    # the judge watched: judged vs true pass rate of the training rollouts
+    if any(v is not None for v in metrics.get("true_pass_rate", [])):
+        parts.append("<h2>Judged vs true pass rate (training rollouts)</h2>")
+        plot_pass_rates(metrics, out_dir / "pass_rates.png")
+        parts.append('<p><img src="pass_rates.png" alt="judged and true pass rate per step"></p>')
+        for w in summary.get("warnings") or []:
+            until = f" until step {w['until']}" if w.get("until") is not None else ""
+            parts.append(
+                f'<p class="bad"><b>Warning, from step {w["step"]}{until}:</b> {html.escape(w["text"])}</p>'
+            )
+        if not summary.get("warnings"):
+            parts.append(
+                '<p class="note">No judge-gaming warning: the true pass rate (exact verifier) did not '
+                "stay flat while the judged one rose.</p>"
+            )
 
     # before / after
     parts.append("<h2>Same prompts, same seeds: before and after</h2>")

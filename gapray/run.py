@@ -28,22 +28,26 @@ class Roles:
     reward: object  # WorkerPool of RewardWorker
     learner: object  # LearnerGroup
     groups: list  # placement groups
-    learner_info: list  # each learner rank's ready() info
+    judges: object = None  # eval=judge: the external judges (gapray.eval.judges.JudgePanel)
 
     def placement(self) -> dict[str, list[dict]]:
         """role -> per actor: the Ray node, IP and pid it runs on (the run's placement.json)."""
-        return {
+        out = {
             "generation": list(self.generation.placement),
             "reward": list(self.reward.placement),
-            "learner": list(self.learner_info),
+            "learner": list(self.learner.placement),
         }
+        for name, info in (self.judges.placement() if self.judges is not None else {}).items():
+            out[f"judge {name}"] = info
+        return out
 
     def shutdown(self) -> None:
         """Kill every actor and free the placement groups (a shared Ray stays usable)."""
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        for actor in [*self.generation.actors, *self.reward.actors, *self.learner.actors]:
+        judges = self.judges.actors() if self.judges is not None else []
+        for actor in [*self.generation.actors, *self.reward.actors, *self.learner.actors, *judges]:
             ray.kill(actor)
         for pg in self.groups:
             remove_placement_group(pg)
@@ -53,8 +57,10 @@ def _threads(cfg: Config, cpus: float) -> int:
     return cfg.run.threads_per_actor or max(1, math.ceil(cpus))
 
 
-def build_roles(cfg: Config) -> Roles:
-    """Place and start every actor (generation, reward, learner ranks)."""
+def build_roles(cfg: Config, within: tuple[object, int] | None = None) -> Roles:
+    """Place and start every actor (generation, reward, learner ranks). `within` = (placement
+    group, first bundle): place them in that group's bundles (a `gapray sweep` trial's, which
+    Tune reserved) instead of creating groups (see gapray.placement.place_roles)."""
     import ray
 
     from gapray.placement import actor_options, place_roles
@@ -63,7 +69,7 @@ def build_roles(cfg: Config) -> Roles:
     from gapray.workers.pool import WorkerPool
     from gapray.workers.reward import RewardWorker
 
-    places = place_roles(cfg)
+    places = place_roles(cfg, within=within)
     m = cfg.model
     lora_scaling = m.lora_alpha / m.lora_rank if m.trainable == "lora" else 1.0
     g, r, ln = cfg.generation, cfg.reward, cfg.learner
@@ -108,9 +114,15 @@ def build_roles(cfg: Config) -> Roles:
         for k in range(ln.num_ranks)
     ]
     group = LearnerGroup(learners)
-    info = group.start()
-    groups = list({id(pg): pg for role in places.values() for pg, _ in role}.values())
-    return Roles(generation=generation, reward=reward, learner=group, groups=groups, learner_info=info)
+    group.start()
+    # A trial's group is Tune's to free; only the groups made here are removed at shutdown.
+    groups = [] if within else list({id(pg): pg for role in places.values() for pg, _ in role}.values())
+    judges = None
+    if cfg.eval.kind == "judge":  # the external judges: one actor each, sized by eval.judge_*
+        from gapray.eval.judges import build_panel
+
+        judges = build_panel(cfg.eval, cfg.run.threads_per_actor)
+    return Roles(generation=generation, reward=reward, learner=group, groups=groups, judges=judges)
 
 
 def _free_address() -> str:
@@ -153,20 +165,27 @@ def preflight(cfg: Config) -> Checked:
     from gapray.config import BUILTIN_MODELS
     from gapray.controller import load_prompt_set
     from gapray.eval.stage import make_evaluator
+    from gapray.eval.verifier import verifies
     from gapray.models.janus import check_checkpoint_dir
+    from gapray.toy.world import IMAGE_SIZE as TOY_IMAGE_SIZE
 
     if cfg.model.name not in BUILTIN_MODELS:
         check_checkpoint_dir(Path(cfg.model.name))  # CheckpointError naming what is missing
     evaluator = make_evaluator(cfg.eval)
     needs = getattr(evaluator, "image_size", None)  # an evaluator bound to one image size (toy)
-    if needs is not None:
-        size = model_image_size(cfg.model.name)
-        if size != needs:
-            raise ConfigError(
-                f"eval.kind={cfg.eval.kind!r}: the {evaluator.name} evaluator reads {needs} px images, "
-                f"but model {cfg.model.name!r} makes {size} px images; use eval=self",
-                ["eval.kind"],
-            )
+    size = model_image_size(cfg.model.name) if needs is not None or verifies(cfg) else None
+    if needs is not None and size != needs:
+        raise ConfigError(
+            f"eval.kind={cfg.eval.kind!r}: the {evaluator.name} evaluator reads {needs} px images, "
+            f"but model {cfg.model.name!r} makes {size} px images; use eval=self",
+            ["eval.kind"],
+        )
+    if verifies(cfg) and size != TOY_IMAGE_SIZE:
+        raise ConfigError(
+            f"reward.verifier={cfg.reward.verifier!r}: the toy world's verifier reads {TOY_IMAGE_SIZE} px "
+            f"images, but model {cfg.model.name!r} makes {size} px images; use reward.verifier=none",
+            ["reward.verifier"],
+        )
     return Checked(prompts=load_prompt_set(cfg.curriculum.prompts), eval_prompts=evaluator.prompts())
 
 
@@ -181,13 +200,20 @@ def model_image_size(name: str) -> int:
     return int(load_model(name).image_size)  # built in code ("tiny"): small, random weights
 
 
-def execute(cfg: Config, progress: bool | None = None) -> dict:
+def execute(
+    cfg: Config,
+    progress: bool | None = None,
+    *,
+    trackers: list | None = None,
+    within: tuple[object, int] | None = None,
+) -> dict:
     """Run (or resume) the loop described by a validated config; returns the summary.
 
     Uses the Ray instance already initialised in this process if there is one (tests),
     else connects or starts one (and shuts a local one down at the end). Nothing is written
     before the prompts, the model path, the cluster's resources and every actor's start-up
-    have passed."""
+    have passed. trackers: what each metrics row also goes to (None: those of run.trackers,
+    gapray.trackers); within: see `build_roles` (a sweep trial passes both)."""
     import ray
 
     from gapray.controller import Controller, resolve_out_dir
@@ -198,12 +224,17 @@ def execute(cfg: Config, progress: bool | None = None) -> dict:
     out_dir = resolve_out_dir(cfg)
     where = connect_ray(cfg)
     roles = None
+    opened: list = []
     try:
         check_resources(cfg, ray.cluster_resources())
-        roles = build_roles(cfg)
+        roles = build_roles(cfg, within=within)
         run = RunDir(out_dir)
         run.write_json("placement.json", roles.placement())
-        controller = Controller(cfg, run, roles, checked.prompts, checked.eval_prompts)
+        if trackers is None:
+            from gapray.trackers import open_trackers
+
+            trackers = opened = open_trackers(cfg, run.root)
+        controller = Controller(cfg, run, roles, checked.prompts, checked.eval_prompts, trackers=trackers)
         if cfg.run.resume:
             controller.resume()
         print(
@@ -213,6 +244,8 @@ def execute(cfg: Config, progress: bool | None = None) -> dict:
         show = cfg.run.progress if progress is None else progress
         return controller.run_loop(progress=_progress(cfg, controller.start_step) if show else None)
     finally:
+        for tracker in opened:
+            tracker.close()
         if roles is not None:
             roles.shutdown()
         if where == "local":

@@ -4,17 +4,19 @@
 
 A head and two worker nodes are started with `ray start` on loopback (each its own raylet and
 object store, 1 CPU each), so under `run.placement=split` with one CPU per role the generation
-pool, the reward pool and the learner must land on three different nodes. The tests check
-where each role ran (placement.json), that the weight-sync buckets were copied into other
-nodes' object stores (sync_nodes), and run `model=janus_pro_shape run=cluster` (Janus-Pro-1B's
-real layout at reduced width) with eval=self at start and end: in this process with the hf and
-the vLLM generation backends, and through `ray job submit`, which must reach SUCCEEDED.
+pool, the reward pool and the learner must land on three different nodes. `gapray run
+model=janus_pro_shape run=cluster` (Janus-Pro-1B's real layout at reduced width) runs there
+with eval=self at start and end, as a user runs it on the head (`run.ray_address=HEAD`) with
+the hf and with the vLLM generation backend, and through `ray job submit`, which must reach
+SUCCEEDED. The tests check where each role ran (placement.json) and that the weight-sync
+buckets were copied into the other nodes' object stores (sync_nodes).
 
 What works here (Ray 2.60): `ray start --head` turns token authentication on unless
-RAY_AUTH_MODE=disabled is set for it; this process imported ray before the cluster existed, so
-the cluster runs without tokens. Every node gets free ports (another Ray on the machine holds
-the defaults) and its processes their own process group, stopped by id at the end (never
-`ray stop`, which would stop every Ray on the machine).
+RAY_AUTH_MODE=disabled is set for it, and a process fixes its auth mode when it imports ray
+(a local `ray.init` earlier in a process also switches it to token mode). So every driver
+here is a fresh process with RAY_AUTH_MODE=disabled, as the cluster. Every node gets free
+ports (another Ray on the machine holds the defaults) and its processes their own process
+group, stopped by id at the end (never `ray stop`, which would stop every Ray on the machine).
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def cluster():
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
+        f"--ray-client-server-port={free_port()}",
         f"--temp-dir={temp}",
     ]
     procs = []
@@ -123,7 +126,22 @@ def cluster():
             procs.append(proc)
             out, _ = proc.communicate(timeout=120)
             assert proc.returncode == 0, out[-3000:]
-        yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
+                "print(json.dumps({n['NodeID']: n['Resources'].get('CPU') for n in ray.nodes() if n['Alive']}))",
+                f"127.0.0.1:{port}",
+            ],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        nodes = json.loads(probe.stdout.strip().splitlines()[-1])
+        assert len(nodes) == NODES and set(nodes.values()) == {1.0}, probe.stdout + probe.stderr
+        yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "nodes": set(nodes)}
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for proc in reversed(procs):
@@ -133,42 +151,8 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def connected(cluster):
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address=cluster["gcs"], log_to_driver=False)
-    try:
-        alive = [n for n in ray.nodes() if n["Alive"]]
-        assert len(alive) == NODES and all(n["Resources"].get("CPU") == 1 for n in alive)
-        yield {n["NodeID"] for n in alive}
-    finally:
-        ray.shutdown()
-
-
 def _roles_on(placement: dict) -> dict[str, set[str]]:
     return {role: {a["node_id"] for a in actors} for role, actors in placement.items()}
-
-
-def test_split_roles_land_on_three_nodes_and_sync_crosses_object_stores(connected):
-    from gapray.run import build_roles
-    from gapray.workers.sync import WeightSync
-
-    cfg = load_config(["model=tiny", "run=cluster", *ONE_CPU_EACH])
-    assert cfg.run.placement == "split"
-    roles = build_roles(cfg)
-    try:
-        where = _roles_on(roles.placement())
-        nodes = [next(iter(where[r])) for r in ("generation", "reward", "learner")]
-        assert len(set(nodes)) == 3 and set(nodes) == connected, where
-        stats = WeightSync(cfg.sync.bucket_mb).push(roles.learner, [roles.generation, roles.reward])
-        # The buckets were put on the learner's node and pulled into both pools' nodes.
-        assert stats.version == 1 and stats.nodes == 3
-        assert roles.generation.versions() == [1] and roles.reward.versions() == [1]
-    finally:
-        roles.shutdown()
 
 
 def _check_shape_run(out: Path, cluster_nodes: set[str]) -> dict:
@@ -182,7 +166,9 @@ def _check_shape_run(out: Path, cluster_nodes: set[str]) -> dict:
     assert [m["step"] for m in metrics] == [0, 1, 2]
     assert all(m["sync_nodes"] == 3 for m in metrics[1:])  # learner, generation, reward nodes
     where = _roles_on(run.read_json("placement.json"))
-    assert len(set().union(*where.values())) == 3 and set().union(*where.values()) <= cluster_nodes
+    nodes = [where[role] for role in ("generation", "reward", "learner")]
+    assert all(len(n) == 1 for n in nodes), where  # one actor each
+    assert len(set().union(*nodes)) == 3 and set().union(*nodes) <= cluster_nodes, where  # three nodes
     tokens = run.read_rollouts().column("tokens").to_pylist()
     assert len(tokens) == 2 * 2 * 2 and all(len(t) == 576 for t in tokens)  # Janus-Pro's 24x24
     for step in (0, 2):
@@ -196,16 +182,29 @@ def _check_shape_run(out: Path, cluster_nodes: set[str]) -> dict:
 
 
 @pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
-def test_janus_pro_shape_run_on_the_cluster(connected, tmp_path, backend):
+def test_janus_pro_shape_run_on_the_cluster(cluster, tmp_path, backend):
     if backend == "vllm":
         pytest.importorskip("vllm")
-    from gapray.run import execute
-
     out = tmp_path / "run"
-    cfg = load_config([*SHAPE_RUN, f"generation={backend}", f"run.out_dir={out}"])
+    overrides = [
+        *SHAPE_RUN,
+        f"generation={backend}",
+        f"run.out_dir={out}",
+        f"run.ray_address={cluster['gcs']}",
+    ]
+    load_config(overrides)  # the overrides validate (a typo fails here, not in the subprocess)
     t0 = time.monotonic()
-    execute(cfg)
-    _check_shape_run(out, connected)
+    res = subprocess.run(
+        [sys.executable, "-m", "gapray.cli", "run", *overrides],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    assert f"on Ray ({cluster['gcs']})" in res.stderr
+    _check_shape_run(out, cluster["nodes"])
     print(f"janus_pro_shape on 3 nodes, {backend}: {time.monotonic() - t0:.0f} s")
 
 
@@ -255,8 +254,5 @@ def test_ray_job_submit_to_the_cluster_succeeds(cluster, tmp_path):
     assert status.stdout.strip().splitlines()[-1] == "SUCCEEDED", status.stdout + status.stderr
     # The run happened on the cluster (RAY_ADDRESS set by the job server), not on a local Ray.
     assert "on Ray (" in log and "on Ray (local)" not in log
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["version"] == 2 and summary["evaluator"] == "self"
-    where = _roles_on(json.loads((out / "placement.json").read_text()))
-    assert len(set().union(*where.values())) == 3
+    _check_shape_run(out, cluster["nodes"])
     print(f"ray job submit: {time.monotonic() - t0:.0f} s")

@@ -37,7 +37,7 @@ def test_plot_from_run_dir_sparse_and_missing(tmp_path, monkeypatch):
     out = plot_curves(run.read_metrics(), tmp_path / "curves.png")
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 100
-    assert "pass rate (no data)" in titles and "non-unification (eval=toy) (no data)" in titles
+    assert "pass rate (judged) (no data)" in titles and "non-unification (eval=toy) (no data)" in titles
     assert "toy GenEval overall (eval=toy)" in titles and "loss" in titles
     assert not any("eval=self" in t for t in titles)  # another evaluator's panels are left out
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["curves.png"]  # no temp left

@@ -185,3 +185,23 @@ def test_not_a_run_dir(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "config.yaml" not in err and "missing metrics" in err
     assert not (tmp_path / "report").exists()
+
+
+def test_judged_vs_true_pass_rate_and_the_gaming_warning(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    rd = RunDir(run, create=False)
+    for s in range(1, STEPS + 1):  # the judged rate rises (0.125 * step), the true one stays flat
+        rd.log_metrics(
+            s, {"version": s, **_step_row(s), "true_pass_rate": 0.1, "true_pass_rate_geneval": 0.2}
+        )
+    summary = rd.read_json("summary.json")
+    summary["warnings"] = [{"step": 5, "text": "judge gaming? the judged pass rate rose", "until": None}]
+    rd.write_summary(summary)
+    index = build_report(run)
+    text = index.read_text()
+    assert "pass_rates.png" in _check_images(index)
+    assert "Judged vs true pass rate" in text and "Warning, from step 5:" in text
+    assert "judge gaming? the judged pass rate rose" in text
+    # A run without ground truth has no such section.
+    assert "pass_rates.png" not in build_report(run_dir, out=tmp_path / "plain").read_text()

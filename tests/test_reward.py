@@ -58,7 +58,7 @@ def reward_worker(monkeypatch: pytest.MonkeyPatch, p_yes: list[float], threshold
 def test_reward_worker_accepts_a_score_equal_to_the_threshold(monkeypatch, threshold, p_yes, expected):
     worker = reward_worker(monkeypatch, p_yes, threshold)
     tokens = np.zeros((len(p_yes), 5), dtype=np.int64)  # (N, T) image tokens
-    got_p, accepted, version = worker.score(["a", "b", "c"], tokens)
+    got_p, accepted, version, _ = worker.score(["a", "b", "c"], tokens)
     assert got_p.dtype == np.float32 and got_p.tolist() == np.float32(p_yes).tolist()
     assert accepted.dtype == bool and accepted.tolist() == expected
     assert version == 0 and worker.model.judged == ["a", "b", "c"]

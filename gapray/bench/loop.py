@@ -121,7 +121,6 @@ def sequential_roles(cfg: Config):
         reward=LocalPool(reward),
         learner=LocalLearner(learner),
         groups=[],
-        learner_info=[],
     )
 
 

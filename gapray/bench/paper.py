@@ -70,12 +70,21 @@ GENEVAL_GAIN = 0.05  # GenEval overall above base by at least this
 UNDERSTANDING_TOLERANCE = 0.02  # understanding within this of base, or higher
 # non-unification: below base
 
-METRICS = ("geneval_overall", "non_unification", "understanding_accuracy", "judge_balanced_accuracy")
+METRICS = (
+    "geneval_overall",
+    "non_unification",
+    "understanding_accuracy",
+    "judge_balanced_accuracy",
+    "exact_scene_overall",
+    "objects_per_image",
+)
 METRIC_NAMES = {
     "geneval_overall": "GenEval overall",
     "non_unification": "non-unif.",
     "understanding_accuracy": "understanding",
     "judge_balanced_accuracy": "judge bal. acc.",
+    "exact_scene_overall": "exact scene",
+    "objects_per_image": "objects/img",
 }
 # See gapray/bench/loop.py: the tiny random model's judge makes no pair under the paper's rule.
 TINY_DEFAULTS = ("pairs=best_worst", "pairs.min_chosen=0")
@@ -325,15 +334,21 @@ def markdown(res: dict) -> str:
         "",
         "Mean ± sd over seeds (sd needs 2+ seeds); Δ = mean over seeds of (row - base of that seed).",
         "",
-        "| row | paper | seeds | GenEval overall | Δ | non-unif. | Δ | understanding | Δ "
-        "| judge bal. acc. | wall s / run | issue targets |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| row | paper | seeds | GenEval overall | Δ | exact scene | Δ | objects/img | Δ | non-unif. | Δ "
+        "| understanding | Δ | judge bal. acc. | wall s / run | issue targets |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows.values():
         m = r["metrics"]
         trained = r["overrides"] is not None
         cells = [r["label"], r["paper"], str(len(r["seeds"]))]
-        for k in ("geneval_overall", "non_unification", "understanding_accuracy"):
+        for k in (
+            "geneval_overall",
+            "exact_scene_overall",
+            "objects_per_image",
+            "non_unification",
+            "understanding_accuracy",
+        ):
             cells += [_pm(m[k]), _pm(m[k]["delta"], sign=True) if trained else "-"]
         cells += [_pm(m["judge_balanced_accuracy"]), _pm(r["wall_s"], digits=0) if r["wall_s"] else "-"]
         text = r["check"]["text"]
@@ -360,8 +375,9 @@ def markdown(res: dict) -> str:
         "",
         "Every run:",
         "",
-        "| row | seed | GenEval start -> final | non-unif. | understanding | judge bal. acc. | wall s |",
-        "|---|---:|---|---|---|---|---:|",
+        "| row | seed | GenEval start -> final | non-unif. | understanding | judge bal. acc. "
+        "| exact scene | objects/img | wall s |",
+        "|---|---:|---|---|---|---|---|---|---:|",
     ]
     for rec in res["base_runs"]:
         cells = [_f3(rec["start"][k]) for k in METRICS]
@@ -370,7 +386,7 @@ def markdown(res: dict) -> str:
         label = ROW_BY_KEY[rec["row"]].label
         if "error" in rec:
             lines.append(
-                f"| {label} | {rec['seed']} | **FAILED**: {rec['error']} | | | | {rec['wall_s']:.0f} |"
+                f"| {label} | {rec['seed']} | **FAILED**: {rec['error']} | | | | | | {rec['wall_s']:.0f} |"
             )
             continue
         s, f = rec["start"], rec["final"]

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from gapray.eval.base import EvalSettings, EvalShare, run_local
+from gapray.eval.exact_scene import exact_scene, objects_in
 from gapray.eval.geneval import evaluate_image, score_geneval
 from gapray.eval.images import generate_and_judge, tile, write_prompt_folder
 from gapray.toy.detector import ToyDetector
@@ -49,6 +50,26 @@ SPLIT_SEED = 0
 DEFAULT_CFG_SCALE = 5.0
 """Janus-Pro's CFG weight; used when the checkpoint's gapray_adapter.json names none."""
 DEFAULT_TEMPERATURE = 1.0
+TOY_TARGETS = (
+    # (name, metric key, lowest, highest): what a shipped toy model must show before training
+    # (the honest-toy issue): a judge that knows exact scenes, and generation with room to improve.
+    ("understanding >= 0.90", "understanding_accuracy", 0.90, None),
+    ("understanding on counting >= 0.80", "understanding_counting", 0.80, None),
+    ("judge balanced accuracy (exact-scene truth) >= 0.85", "judge_balanced_accuracy_exact", 0.85, None),
+    ("exact-scene accuracy in [0.15, 0.50]", "exact_scene_overall", 0.15, 0.50),
+)
+
+
+def check_targets(results: dict) -> dict[str, bool | None]:
+    """Each toy-model target -> met (None when the metric is missing, e.g. no counting prompt)."""
+    values = dict(results) | {
+        "understanding_counting": (results.get("understanding_per_tag") or {}).get("counting")
+    }
+    out: dict[str, bool | None] = {}
+    for name, key, lo, hi in TOY_TARGETS:
+        v = values.get(key)
+        out[name] = None if v is None else bool((lo is None or v >= lo) and (hi is None or v <= hi))
+    return out
 
 
 # --- pure metric functions ------------------------------------------------------------------
@@ -127,11 +148,20 @@ class _Progress:
 
 
 def understanding_questions(
-    model, prompts: Sequence[Prompt], indices: Sequence[int], *, seed: int, batch_size: int, progress: bool
+    model,
+    prompts: Sequence[Prompt],
+    indices: Sequence[int],
+    *,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+    question: str | None = None,
+    threshold: float | None = None,
 ) -> list[tuple[str | None, bool, bool]]:
     """Balanced yes/no questions about rendered ground-truth scenes: for each prompt one scene
-    of the prompt, asked about the prompt (answer yes) and about a near miss of it (answer no).
-    Returns (tag, answer, decision) per question."""
+    of the prompt, asked about the prompt (answer yes) and about a near miss of it (answer no),
+    with `question` and `threshold` (None: the adapter's own). Returns (tag, answer, decision)
+    per question."""
     images, texts, answers, tags = [], [], [], []
     for i, p in zip(indices, prompts, strict=True):
         # Generators keyed by the prompt's index in the set, so a share or a --limit run asks
@@ -145,8 +175,9 @@ def understanding_questions(
     bar = _Progress("understanding questions", len(images), progress)
     decisions: list[bool] = []
     for s in range(0, len(images), batch_size):
-        verdict = model.judge(images[s : s + batch_size], texts[s : s + batch_size])
-        decisions += [bool(d) for d in verdict.decision.tolist()]
+        verdict = model.judge(images[s : s + batch_size], texts[s : s + batch_size], question=question)
+        decision = verdict.decision if threshold is None else verdict.p_yes >= threshold
+        decisions += [bool(d) for d in decision.tolist()]
         bar.update(len(images[s : s + batch_size]))
     return list(zip(tags, answers, decisions, strict=True))
 
@@ -177,6 +208,8 @@ class ToyEvaluator:
                 seed=settings.seed,
                 batch_size=settings.batch_size,
                 progress=self.progress,
+                question=settings.question,
+                threshold=settings.threshold,
             )
         )
         n = settings.images_per_prompt
@@ -191,10 +224,14 @@ class ToyEvaluator:
             temperature=settings.temperature,
             seed=settings.seed,
             batch_size=settings.batch_size,
+            question=settings.question,
+            threshold=settings.threshold,
             on_rows=bar.update,
         ):
             for k, image in enumerate(images):
-                ok, reasons = evaluate_image(p, detector.detect(image))
+                found = detector.detect(image)
+                ok, reasons = evaluate_image(p, found)
+                exact, exact_reasons = exact_scene(p, found)
                 result.records.append(
                     {
                         "index": index,
@@ -204,9 +241,12 @@ class ToyEvaluator:
                         "prompt": p.text,
                         "correct": ok,
                         "reasons": reasons,
+                        "exact": exact,
+                        "exact_reasons": exact_reasons,
+                        "objects": objects_in(p, found),
                         "judge_p_yes": judged.p_yes[k],
                         "judge_yes": judged.yes[k],
-                        "ok": ok,
+                        "ok": exact,
                     }
                 )
             if index in shown:
@@ -218,8 +258,11 @@ class ToyEvaluator:
     def summarize(self, prompts, merged: EvalShare, settings: EvalSettings) -> dict[str, Any]:
         n = settings.images_per_prompt
         correct = [r["correct"] for r in merged.records]  # rows grouped by prompt, in index order
+        exact = [r["exact"] for r in merged.records]
         accepted = [r["judge_yes"] for r in merged.records]
         geneval = score_geneval([(p, correct[i * n : (i + 1) * n]) for i, p in enumerate(prompts)])
+        strict = score_geneval([(p, exact[i * n : (i + 1) * n]) for i, p in enumerate(prompts)])
+        under_exact = self_judge_metrics(exact, accepted)
         tags, answers, decisions = (list(c) for c in zip(*merged.questions, strict=True))
         return {
             "split": self.split,
@@ -231,15 +274,32 @@ class ToyEvaluator:
             "seed": settings.seed,
             "geneval_overall": geneval["overall"],
             "geneval_per_tag": {t: geneval["per_tag"][t] for t in GENEVAL_TAGS if t in geneval["per_tag"]},
+            # The strict rule: exactly the asked objects and nothing else (same aggregation).
+            "exact_scene_overall": strict["overall"],
+            "exact_scene_per_tag": {t: strict["per_tag"][t] for t in GENEVAL_TAGS if t in strict["per_tag"]},
+            "objects_per_image": float(np.mean([r["objects"] for r in merged.records])),
             **understanding_metrics(tags, answers, decisions),
             **self_judge_metrics(correct, accepted),
+            # The self-judge against exact-scene truth: a judge that passes clutter scores low.
+            "judge_balanced_accuracy_exact": under_exact["judge_balanced_accuracy"],
+            "judge_yes_rate_on_exact": under_exact["judge_yes_rate_on_correct"],
+            "judge_no_rate_on_inexact": under_exact["judge_no_rate_on_wrong"],
         }
 
     def headline(self, results: dict) -> dict[str, float | None]:
-        keys = ("geneval_overall", "non_unification", "understanding_accuracy", "judge_balanced_accuracy")
-        return {k: results.get(k) for k in keys} | {
-            f"geneval_{tag}": v for tag, v in (results.get("geneval_per_tag") or {}).items()
-        }
+        keys = (
+            "exact_scene_overall",
+            "geneval_overall",
+            "objects_per_image",
+            "non_unification",
+            "understanding_accuracy",
+            "judge_balanced_accuracy",
+            "judge_balanced_accuracy_exact",
+        )
+        out = {k: results.get(k) for k in keys}
+        for name in ("geneval", "exact_scene"):
+            out |= {f"{name}_{tag}": v for tag, v in (results.get(f"{name}_per_tag") or {}).items()}
+        return out
 
 
 def evaluate(
@@ -330,6 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         meta={"checkpoint": args.checkpoint, "out": str(out)},
     )
+    metrics["targets"] = check_targets(metrics)
+    for name, met in metrics["targets"].items():
+        print(
+            f"[eval] target {name}: {'met' if met else 'MISSED' if met is False else 'n/a'}", file=sys.stderr
+        )
     print(json.dumps(metrics, allow_nan=False), flush=True)
     return 0
 

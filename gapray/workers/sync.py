@@ -220,13 +220,23 @@ class WeightSync:
             raise RuntimeError(f"weight sync: workers report versions {held}, expected {version}")
         self.version = version
         seconds = time.perf_counter() - t0
-        return SyncStats(version, nbytes, len(refs), seconds, nodes=_holding_nodes(refs))
+        expect = {p.get("node_id") for p in learner_group.placement[:1]}
+        expect |= {w.get("node_id") for pool in targets for w in pool.placement}
+        return SyncStats(version, nbytes, len(refs), seconds, nodes=_holding_nodes(refs, len(expect)))
 
 
-def _holding_nodes(refs: list) -> int:
-    """How many nodes' object stores hold a copy of the buckets (asked of their owner, the
-    learner; buckets small enough to travel inline live in no object store and count none)."""
+def _holding_nodes(refs: list, expect: int, patience_s: float = 2.0) -> int:
+    """How many nodes' object stores hold a copy of the buckets, asked of their owner (the
+    learner). A target acknowledges its pull before its location update reaches the owner, so
+    this asks again (every 20 ms, at most `patience_s`) until `expect` nodes are listed: the
+    learner's and every target's. Buckets small enough to travel inline live in no object
+    store and count none."""
     import ray
 
-    locations = ray.experimental.get_object_locations(refs)
-    return len({node for loc in locations.values() for node in loc.get("node_ids") or []})
+    deadline = time.perf_counter() + patience_s
+    while True:
+        locations = ray.experimental.get_object_locations(refs)
+        nodes = len({node for loc in locations.values() for node in loc.get("node_ids") or []})
+        if nodes >= expect or time.perf_counter() > deadline:
+            return nodes
+        time.sleep(0.02)

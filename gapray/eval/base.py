@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gapray.eval.images import grid_rows, make_grid, open_png, png_bytes
+from gapray.eval.images import grid_rows, make_grid, open_png, png_bytes, tile, write_prompt_folder
 from gapray.models.base import DEFAULT_QUESTION
 from gapray.storage.atomic import atomic_write_bytes, atomic_write_text
 from gapray.types import Prompt
@@ -57,6 +57,15 @@ class EvalShare:
     """Grid tiles (PNG bytes) of the prompts shown in grid.png, by prompt index."""
     version: int = 0
     """Policy version of the weights that made the images."""
+
+    def keep(self, index: int, prompt: Prompt, images, shown: set[int], out) -> None:
+        """What every evaluator keeps of one prompt's images: its grid tiles if the grid shows
+        it, and its GenEval folder under `out` (when given)."""
+        if index in shown:
+            self.tiles[index] = [tile(im) for im in images]
+        if out is not None:
+            write_prompt_folder(Path(out) / f"{index:05d}", prompt, images)
+
     images: dict[tuple[int, int], bytes] = field(default_factory=dict)
     """(index, sample) -> the image as PNG bytes, for evaluators judged outside the worker
     (eval=judge: the external judges see these pixels); empty for every other evaluator."""

@@ -7,7 +7,7 @@ image is addressed by (prompt index in the evaluated set, sample k), and its see
 those alone (`eval_seeds`), so a share, a `--limit` run or a rerun on other workers draws
 exactly the same images as the whole set on one worker.
 
-    for index, prompt, images, judged in generate_and_judge(model, prompts, indices, n=4, ...):
+    for index, prompt, images, judged in generate_and_judge(model, prompts, indices, settings):
         write_prompt_folder(out / f"{index:05d}", prompt, images)
 """
 
@@ -52,34 +52,29 @@ def generate_and_judge(
     model,
     prompts: Sequence[Prompt],
     indices: Sequence[int],
-    *,
-    n: int,
-    cfg_scale: float | None,
-    temperature: float,
-    seed: int,
-    batch_size: int,
-    question: str | None = None,
-    threshold: float | None = None,
+    settings,
     on_rows=None,
 ) -> Iterator[tuple[int, Prompt, list[Image.Image], Judged]]:
-    """n images for each prompt (prompts[j] has index indices[j] in the evaluated set), decoded
-    and judged by the same model, about batch_size rows per call. Yields per prompt.
-    `question` / `threshold`: what the judge is asked and where it says yes (an evaluation in a
-    run passes reward.question / reward.threshold); None = the adapter's own."""
+    """settings.images_per_prompt images for each prompt (prompts[j] has index indices[j] in
+    the evaluated set), decoded and judged by the same model, about settings.batch_size rows per
+    call (`settings`: a base.EvalSettings). Yields per prompt. settings.question / threshold:
+    what the judge is asked and where it says yes (an evaluation in a run passes
+    reward.question / reward.threshold); None = the adapter's own."""
+    n, batch_size, threshold = settings.images_per_prompt, settings.batch_size, settings.threshold
     per_chunk = max(1, batch_size // n)  # prompts per generate call: about batch_size rows
     for lo in range(0, len(prompts), per_chunk):
         chunk, where = prompts[lo : lo + per_chunk], indices[lo : lo + per_chunk]
-        seeds = [s for i in where for s in eval_seeds(seed, i, n)]
+        seeds = [s for i in where for s in eval_seeds(settings.seed, i, n)]
         tokens = model.generate(
             [p.text for p in chunk],
             n=n,
-            cfg_scale=cfg_scale,
-            temperature=temperature,
+            cfg_scale=settings.cfg_scale,
+            temperature=settings.temperature,
             seed=seeds,
             batch_size=batch_size,
         )  # (len(chunk) * n, T)
         images = model.decode(tokens)
-        judged = model.judge(images, [p.text for p in chunk for _ in range(n)], question=question)
+        judged = model.judge(images, [p.text for p in chunk for _ in range(n)], question=settings.question)
         # s = 1 when S >= threshold, compared in S's own float32 as the reward worker does.
         decision = judged.decision if threshold is None else judged.p_yes >= threshold
         for j, (index, p) in enumerate(zip(where, chunk, strict=True)):
@@ -95,6 +90,22 @@ def generate_and_judge(
             )
         if on_rows is not None:
             on_rows(len(chunk) * n)
+
+
+def image_record(index: int, k: int, prompt: Prompt, judged: Judged, **extra) -> dict:
+    """The per-image line of verdicts.jsonl every evaluator writes: where the image is, its
+    prompt, the model's own verdict, then the evaluator's own fields (`extra`); `ok` (the
+    verdict that colours its grid frame) defaults to the own judge's."""
+    return {
+        "index": index,
+        "sample": k,
+        "prompt_id": prompt.id,
+        "tag": prompt.tag,
+        "prompt": prompt.text,
+        "judge_p_yes": judged.p_yes[k],
+        "judge_yes": judged.yes[k],
+        "ok": judged.yes[k],
+    } | extra
 
 
 def png_bytes(image: Image.Image) -> bytes:

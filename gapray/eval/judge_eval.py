@@ -22,12 +22,11 @@ J_misunderstanding, J_yes_rate, J_kappa_self.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Any
 
 from gapray.diagnose.stats import bootstrap_interval, cohen_kappa, quadrants
 from gapray.eval.base import EvalSettings, EvalShare
-from gapray.eval.images import generate_and_judge, png_bytes, tile, write_prompt_folder
+from gapray.eval.images import generate_and_judge, image_record, png_bytes
 from gapray.eval.judges import TOY_SETS, TOY_VERIFIER, judge_names
 from gapray.types import Prompt
 
@@ -126,32 +125,12 @@ class JudgeEvaluator:
             model,
             prompts,
             indices,
-            n=settings.images_per_prompt,
-            cfg_scale=settings.cfg_scale,
-            temperature=settings.temperature,
-            seed=settings.seed,
-            batch_size=settings.batch_size,
-            question=settings.question,
-            threshold=settings.threshold,
+            settings,
         ):
             for k, image in enumerate(images):
-                result.records.append(
-                    {
-                        "index": index,
-                        "sample": k,
-                        "prompt_id": p.id,
-                        "tag": p.tag,
-                        "prompt": p.text,
-                        "judge_p_yes": judged.p_yes[k],
-                        "judge_yes": judged.yes[k],
-                        "ok": judged.yes[k],
-                    }
-                )
+                result.records.append(image_record(index, k, p, judged))
                 result.images[(index, k)] = png_bytes(image)  # the pixels the judges see
-            if index in shown:
-                result.tiles[index] = [tile(im) for im in images]
-            if out is not None:
-                write_prompt_folder(Path(out) / f"{index:05d}", p, images)
+            result.keep(index, p, images, shown, out)
         return result
 
     def summarize(self, prompts, merged: EvalShare, settings: EvalSettings) -> dict[str, Any]:

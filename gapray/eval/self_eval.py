@@ -20,13 +20,12 @@ tells the two apart. The images land in GenEval's folder layout (`<index:05d>/me
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gapray.eval.base import EvalSettings, EvalShare
-from gapray.eval.images import generate_and_judge, tile, write_prompt_folder
+from gapray.eval.images import generate_and_judge, image_record
 from gapray.types import Prompt
 
 
@@ -72,31 +71,10 @@ class SelfEvaluator:
             model,
             prompts,
             indices,
-            n=settings.images_per_prompt,
-            cfg_scale=settings.cfg_scale,
-            temperature=settings.temperature,
-            seed=settings.seed,
-            batch_size=settings.batch_size,
-            question=settings.question,
-            threshold=settings.threshold,
+            settings,
         ):
-            for k in range(len(images)):
-                result.records.append(
-                    {
-                        "index": index,
-                        "sample": k,
-                        "prompt_id": p.id,
-                        "tag": p.tag,
-                        "prompt": p.text,
-                        "judge_p_yes": judged.p_yes[k],
-                        "judge_yes": judged.yes[k],
-                        "ok": judged.yes[k],
-                    }
-                )
-            if index in shown:
-                result.tiles[index] = [tile(im) for im in images]
-            if out is not None:
-                write_prompt_folder(Path(out) / f"{index:05d}", p, images)
+            result.records += [image_record(index, k, p, judged) for k in range(len(images))]
+            result.keep(index, p, images, shown, out)
         return result
 
     def summarize(self, prompts, merged: EvalShare, settings: EvalSettings) -> dict[str, Any]:

@@ -39,7 +39,7 @@ import numpy as np
 from gapray.eval.base import EvalSettings, EvalShare, run_local
 from gapray.eval.exact_scene import exact_scene, objects_in
 from gapray.eval.geneval import evaluate_image, score_geneval
-from gapray.eval.images import generate_and_judge, tile, write_prompt_folder
+from gapray.eval.images import generate_and_judge, image_record
 from gapray.toy.detector import ToyDetector
 from gapray.toy.render import render
 from gapray.toy.world import IMAGE_SIZE, make_splits, near_miss, sample_scene
@@ -219,13 +219,7 @@ class ToyEvaluator:
             model,
             prompts,
             indices,
-            n=n,
-            cfg_scale=settings.cfg_scale,
-            temperature=settings.temperature,
-            seed=settings.seed,
-            batch_size=settings.batch_size,
-            question=settings.question,
-            threshold=settings.threshold,
+            settings,
             on_rows=bar.update,
         ):
             for k, image in enumerate(images):
@@ -233,26 +227,20 @@ class ToyEvaluator:
                 ok, reasons = evaluate_image(p, found)
                 exact, exact_reasons = exact_scene(p, found)
                 result.records.append(
-                    {
-                        "index": index,
-                        "sample": k,
-                        "prompt_id": p.id,
-                        "tag": p.tag,
-                        "prompt": p.text,
-                        "correct": ok,
-                        "reasons": reasons,
-                        "exact": exact,
-                        "exact_reasons": exact_reasons,
-                        "objects": objects_in(p, found),
-                        "judge_p_yes": judged.p_yes[k],
-                        "judge_yes": judged.yes[k],
-                        "ok": exact,
-                    }
+                    image_record(
+                        index,
+                        k,
+                        p,
+                        judged,
+                        correct=ok,
+                        reasons=reasons,
+                        exact=exact,
+                        exact_reasons=exact_reasons,
+                        objects=objects_in(p, found),
+                        ok=exact,  # frames in grid.png: the strict verdict
+                    )
                 )
-            if index in shown:
-                result.tiles[index] = [tile(im) for im in images]
-            if out is not None:
-                write_prompt_folder(Path(out) / f"{index:05d}", p, images)
+            result.keep(index, p, images, shown, out)
         return result
 
     def summarize(self, prompts, merged: EvalShare, settings: EvalSettings) -> dict[str, Any]:

@@ -92,7 +92,10 @@ class Controller:
         prompts: list[Prompt] | None = None,
         eval_prompts: list[Prompt] | None = None,
         trackers: list | None = None,
+        verify: bool | None = None,
     ):
+        """`prompts`, `eval_prompts`, `verify`: what preflight found (gapray.run.preflight), or
+        None to work them out here."""
         self.cfg, self.run, self.roles = cfg, run, roles
         self.trackers = list(trackers or [])  # gapray.trackers: each logged row, as metrics.parquet has it
         self.optimizer_updates = 0  # cumulative optimizer updates over the run (all steps so far)
@@ -109,7 +112,11 @@ class Controller:
         self.sync = WeightSync(cfg.sync.bucket_mb)
         self.sync_targets = [roles.generation] + ([roles.reward] if cfg.reward.follow_policy else [])
         self.evals: dict[int, dict] = {}
-        self.verify = verifies(cfg)  # the training prompts have a ground truth (the toy world)
+        if verify is None:
+            from gapray.run import model_image_size
+
+            verify = verifies(cfg, model_image_size(cfg.model.name))
+        self.verify = verify  # the training rollouts are checked by the toy world's verifier
         self.monitor = GamingMonitor()
         self.start_step = 1
 

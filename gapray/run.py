@@ -157,6 +157,7 @@ class Checked:
 
     prompts: list  # the training prompt set
     eval_prompts: list  # the evaluated prompt set
+    verify: bool  # the training rollouts are checked by the toy world's verifier
 
 
 def preflight(cfg: Config) -> Checked:
@@ -173,20 +174,24 @@ def preflight(cfg: Config) -> Checked:
         check_checkpoint_dir(Path(cfg.model.name))  # CheckpointError naming what is missing
     evaluator = make_evaluator(cfg.eval)
     needs = getattr(evaluator, "image_size", None)  # an evaluator bound to one image size (toy)
-    size = model_image_size(cfg.model.name) if needs is not None or verifies(cfg) else None
+    size = model_image_size(cfg.model.name)
     if needs is not None and size != needs:
         raise ConfigError(
             f"eval.kind={cfg.eval.kind!r}: the {evaluator.name} evaluator reads {needs} px images, "
             f"but model {cfg.model.name!r} makes {size} px images; use eval=self",
             ["eval.kind"],
         )
-    if verifies(cfg) and size != TOY_IMAGE_SIZE:
+    if cfg.reward.verifier == "toy" and size != TOY_IMAGE_SIZE:
         raise ConfigError(
             f"reward.verifier={cfg.reward.verifier!r}: the toy world's verifier reads {TOY_IMAGE_SIZE} px "
             f"images, but model {cfg.model.name!r} makes {size} px images; use reward.verifier=none",
             ["reward.verifier"],
         )
-    return Checked(prompts=load_prompt_set(cfg.curriculum.prompts), eval_prompts=evaluator.prompts())
+    return Checked(
+        prompts=load_prompt_set(cfg.curriculum.prompts),
+        eval_prompts=evaluator.prompts(),
+        verify=verifies(cfg, size),
+    )
 
 
 def model_image_size(name: str) -> int:
@@ -234,7 +239,9 @@ def execute(
             from gapray.trackers import open_trackers
 
             trackers = opened = open_trackers(cfg, run.root)
-        controller = Controller(cfg, run, roles, checked.prompts, checked.eval_prompts, trackers=trackers)
+        controller = Controller(
+            cfg, run, roles, checked.prompts, checked.eval_prompts, trackers=trackers, verify=checked.verify
+        )
         if cfg.run.resume:
             controller.resume()
         print(

@@ -172,3 +172,20 @@ def test_a_failed_evaluation_stops_the_run_with_a_resume_hint(tmp_path):
     assert msg.startswith("step 0 evaluation: generation worker 0 failed in eval_share on rows 0..1")
     assert f"Resume with: gapray run resume={tmp_path}" in msg
     assert (tmp_path / "config.yaml").is_file()
+
+
+def test_reward_verifier_toy_needs_toy_prompts_and_toy_images(tmp_path, capsys):
+    from gapray.eval.verifier import verifies
+    from gapray.run import main
+
+    with pytest.raises(ConfigError, match="has no ground truth") as info:
+        load_config(["reward.verifier=toy", "curriculum.prompts=geneval"])
+    assert info.value.keys == ["reward.verifier"]
+    out = tmp_path / "run"
+    assert main(["model=janus_pro_shape", "reward.verifier=toy", f"run.out_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "reward.verifier='toy': the toy world's verifier reads 32 px images" in err and "384 px" in err
+    assert not out.exists()
+    # auto: only where both the prompts and the images are the toy world's
+    assert verifies(load_config([]), 32) and not verifies(load_config([]), 384)
+    assert not verifies(load_config(["curriculum.prompts=geneval"]), 32)

@@ -60,9 +60,12 @@ class ToyVerifier:
         return Truth(np.array(exact, bool), np.array(geneval, bool), np.array(objects, np.int64))
 
 
-def verifies(cfg) -> bool:
-    """Whether a run checks its training rollouts with the toy world's verifier."""
+def verifies(cfg, image_size: int) -> bool:
+    """Whether a run checks its training rollouts with the toy world's verifier: "toy" always
+    (preflight refuses it for a model of another image size), "auto" when the training prompts
+    are the toy world's and the model's images (`image_size` px) are too."""
     from gapray.config import TOY_PROMPTS
+    from gapray.toy.world import IMAGE_SIZE
 
     v = cfg.reward.verifier
-    return v == "toy" or (v == "auto" and cfg.curriculum.prompts == TOY_PROMPTS)
+    return v == "toy" or (v == "auto" and cfg.curriculum.prompts == TOY_PROMPTS and image_size == IMAGE_SIZE)

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import functools
-import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -365,6 +363,8 @@ def load_config(overrides: Sequence[str] = (), config_dir: str | Path | None = N
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException
 
+    from gapray.config_errors import missing_option_error, translate  # it imports this module
+
     _register_schema()
     cdir = Path(config_dir).resolve() if config_dir is not None else default_config_dir()
     try:
@@ -376,9 +376,9 @@ def load_config(overrides: Sequence[str] = (), config_dir: str | Path | None = N
                 rest = [o for o in overrides if o.lstrip("+~").partition("=")[0] != "eval"]
                 composed = compose(config_name="config", overrides=[*rest, f"eval={pick}"])
     except MissingConfigException as e:
-        raise _missing_option_error(e) from None
+        raise missing_option_error(e) from None
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise _translate(e, overrides) from None
+        raise translate(e, overrides) from None
     return _finish(composed)
 
 
@@ -393,6 +393,8 @@ def from_run_dir(run_dir: str | Path, overrides: Sequence[str] = ()) -> Config:
     `run.resume` is set to `run_dir` unless an override sets it. Group overrides ("learner=sft")
     do not apply to a saved run.
     """
+    from gapray.config_errors import translate  # it imports this module
+
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"run.resume: {path} does not exist", ["run.resume"])
@@ -411,7 +413,7 @@ def from_run_dir(run_dir: str | Path, overrides: Sequence[str] = ()) -> Config:
         try:
             OmegaConf.update(merged, key, yaml.safe_load(value) if value else None, merge=True)
         except OmegaConfBaseException as e:
-            raise _translate(e, [item]) from None
+            raise translate(e, [item]) from None
     return _finish(merged)
 
 
@@ -475,15 +477,19 @@ def _register_schema() -> None:
 
 
 def _merge_onto_schema(data: Any) -> Any:
+    from gapray.config_errors import translate  # it imports this module
+
     schema = OmegaConf.structured(Config)
     try:
         return OmegaConf.merge(schema, data)
     except OmegaConfBaseException as e:
-        raise _translate(e, ()) from None
+        raise translate(e, ()) from None
 
 
 def _finish(composed: Any) -> Config:
     """DictConfig (schema-typed) -> Config: resolve, fill the timestamp, validate."""
+    from gapray.config_errors import suggest, translate  # it imports this module
+
     # Hydra's "+key=value" adds keys even to a typed node, and to_object would drop them quietly.
     for section, node in composed.items():
         names = node.keys() if section in SECTIONS and OmegaConf.is_dict(node) else [None]
@@ -502,97 +508,13 @@ def _finish(composed: Any) -> Config:
             [key],
         ) from None
     except OmegaConfBaseException as e:
-        raise _translate(e, ()) from None
+        raise translate(e, ()) from None
     assert isinstance(cfg, Config)
     cfg.run.out_dir = cfg.run.out_dir.replace("{timestamp}", time.strftime("%Y%m%d-%H%M%S"))
     from gapray.config_checks import validate  # ranges and combinations; imports this module
 
     validate(cfg)
     return cfg
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors from hydra / OmegaConf, re-raised naming the key.
-
-
-def _causes(e: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        yield cur
-        cur = cur.__cause__ or cur.__context__
-
-
-def suggest(key: str) -> str:
-    """The hint "; did you mean 'run.steps'?" for a near miss of a known key, else ""."""
-    section, _, leaf = key.rpartition(".")
-    known = all_keys()
-    leaves = {k: k.rsplit(".", 1)[1] for k in known}
-
-    def near(word: str, pool: list[str], cutoff: float) -> str | None:
-        hit = difflib.get_close_matches(word, pool, n=1, cutoff=cutoff)
-        return hit[0] if hit else None
-
-    # 1. a typo within the right section; 2. the right field under a wrong or missing section;
-    # 3. anything close.
-    same = [v for k, v in leaves.items() if k.startswith(section + ".")]
-    best = near(leaf, same, 0.75)
-    if best is not None:
-        return f"; did you mean '{section}.{best}'?"
-    best = leaf if leaf in leaves.values() else near(leaf, sorted(set(leaves.values())), 0.75)
-    if best is not None:
-        return f"; did you mean '{next(k for k, v in leaves.items() if v == best)}'?"
-    best = near(key, known + list(SECTIONS), 0.6)
-    return f"; did you mean '{best}'?" if best else ""
-
-
-def _expected_type(key: str) -> str:
-    section, _, name = key.partition(".")
-    cls = SECTIONS.get(section)
-    if cls is None:
-        return "?"
-    hint = get_type_hints(cls).get(name)
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _translate(e: BaseException, overrides: Sequence[str]) -> ConfigError:
-    text = "\n".join(str(c) for c in _causes(e))
-    m = re.search(r"Error parsing override '([^']*)'", text)
-    if m:
-        return ConfigError(f"override {m.group(1)!r}: cannot parse, expected key=value or group=option")
-    key = None
-    for c in _causes(e):
-        if getattr(c, "full_key", None):
-            key = c.full_key
-            break
-    if key is None:
-        m = re.search(r"full_key: (\S+)", text) or re.search(r"override '([^']+)'", text)
-        key = m.group(1) if m else None
-    if key is None:
-        return ConfigError(f"invalid config or override {list(overrides)}: {text.splitlines()[0]}")
-    if key not in all_keys() and key not in SECTIONS:
-        return ConfigError(f"unknown key '{key}'{suggest(key)}", [key])
-    value = _override_value(key, overrides)
-    got = f"got {value!r}" if value is not None else text.splitlines()[0]
-    return ConfigError(f"{key}: expected {_expected_type(key)}, {got}", [key])
-
-
-def _override_value(key: str, overrides: Sequence[str]) -> str | None:
-    for item in overrides:
-        k, sep, v = item.lstrip("+~").partition("=")
-        if sep and k == key:
-            return v
-    return None
-
-
-def _missing_option_error(e: Any) -> ConfigError:
-    m = re.search(r"'([^'/]+)/([^']+)'", str(e))
-    if m:
-        group, option = m.groups()
-        options = ", ".join(getattr(e, "options", None) or [])
-        return ConfigError(f"{group}: unknown option '{option}'; choose from {options}", [group])
-    return ConfigError(str(e).splitlines()[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -613,4 +535,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package module's main, so that every ConfigError is the one gapray.config defines.
+    from gapray.config import main as package_main
+
+    sys.exit(package_main())

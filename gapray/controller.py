@@ -2,13 +2,19 @@
 
 One step, as in shared/DESIGN.md:
 
-    prompts = curriculum.next_batch(step)
-    samples = generate_rollouts(generation_pool, prompts)     # N images per prompt, CFG, seeds fixed here
-    scored  = score_rollouts(reward_pool, samples)            # the model's own P(yes) per image
+    rollouts.fill(step)                                       # generation launched (async: k steps ahead)
+    prompts, samples, scored = rollouts.take(step)            # curriculum.next_batch -> N images per
+                                                              # prompt (seeds fixed here) -> the model's
+                                                              # own P(yes), streamed share by share
     pairs   = build_pairs(...)                                # chosen/rejected (or SFT examples)
     stats   = learner_group.update(batch)
     curriculum.observe(step, per-prompt pass counts)
     version = weight_sync.push(learner_group, targets)
+
+`run.pipeline` (sync | async) and `run.max_staleness` k only change how far ahead `fill`
+launches generation (gapray/pipeline.py): sync generates each step with the weights of the step
+before; async lets the next steps' generation run while this one learns, each sample at most k
+versions behind the learner (staleness min / mean / max per step, per sample in rollouts/).
 
 Each stage is timed. The run directory gets config.yaml, metrics/ and rollouts/ Parquet per
 step, evaluations (start, every `eval_every`, end) under evals/, checkpoints, curves.png and
@@ -35,11 +41,12 @@ from gapray.algos.pairs import build_pairs, select_sft
 from gapray.config import TOY_PROMPTS, Config, to_dict
 from gapray.eval.stage import EvalStage
 from gapray.eval.verifier import verifies
+from gapray.pipeline import RolloutPipeline, staleness, staleness_bound
 from gapray.storage import CorruptCheckpointError, RunDir
 from gapray.types import Prompt
-from gapray.workers.generation import Rollouts, generate_rollouts
+from gapray.workers.generation import Rollouts
 from gapray.workers.pool import WorkerError
-from gapray.workers.reward import Scores, score_rollouts
+from gapray.workers.reward import Scores
 from gapray.workers.sync import WeightSync
 
 log = logging.getLogger(__name__)
@@ -119,35 +126,52 @@ class Controller:
         self.verify = verify  # the training rollouts are checked by the toy world's verifier
         self.monitor = GamingMonitor()
         self.start_step = 1
+        self.rollouts = self.make_pipeline(cfg.run.pipeline, cfg.run.max_staleness, cfg.run.steps)
+
+    def make_pipeline(self, pipeline: str, max_staleness: int, last_step: int) -> RolloutPipeline:
+        """The generate -> score stages, sync or async with bound k (gapray/pipeline.py)."""
+        cfg = self.cfg
+        return RolloutPipeline(
+            k=staleness_bound(pipeline, max_staleness),
+            last_step=last_step,
+            generation=self.roles.generation,
+            reward=self.roles.reward,
+            n=cfg.generation.images_per_prompt,
+            chunk_rows=cfg.generation.batch_size,
+            prompts_for=self.curriculum.next_batch,
+            seeds_for=lambda step, rows: row_seeds(cfg.run.seed, step, rows),
+            verify=self.verify,
+        )
 
     # ----------------------------------------------------------------------------- one step
     def step(self, step: int) -> dict:
-        cfg, timer = self.cfg, Timer()
-        n = cfg.generation.images_per_prompt
+        timer = Timer()
         with timer.stage("step"):
-            prompts = self.curriculum.next_batch(step)
-            with timer.stage("generate"):
-                seeds = row_seeds(cfg.run.seed, step, len(prompts) * n)
-                samples = generate_rollouts(
-                    self.roles.generation, [p.id for p in prompts], [p.text for p in prompts], seeds, n
-                )
-            with timer.stage("reward"):
-                specs = [p for p in prompts for _ in range(n)] if self.verify else None
-                scored = score_rollouts(self.roles.reward, samples, specs)
+            self.rollouts.fill(step)  # async: steps step+1..step+k start generating too, beside this one
+            with timer.stage("rollouts"):
+                _, samples, scored, spans = self.rollouts.take(step)
             with timer.stage("pairs"):
                 batch, pair_stats = self.make_batch(samples, scored)
             learner_version = self.sync.version
+            lag = staleness(learner_version, samples.versions, self.rollouts.k)  # (N,)
             with timer.stage("learn"):
                 learn = self.roles.learner.update(batch) if len(batch["prompts"]) else {"rows": 0.0}
             self.optimizer_updates += int(learn.get("optimizer_steps", 0))
             self.curriculum.observe(step, _pass_counts(samples, scored))
             with timer.stage("sync"):
                 sync = self.push() if learn.get("optimizer_steps") else None
-        self.run.log_rollouts(step, _rollout_columns(step, samples, scored))
+        self.run.log_rollouts(step, _rollout_columns(step, samples, scored, lag))
+        # generate: from the launch (async: during an earlier step) to the last images back;
+        # reward: from the first scoring call to the last verdict (the two overlap, streamed).
+        timer.seconds["time_generate"] = spans.generated - spans.launched
+        timer.seconds["time_reward"] = spans.scored - (spans.first_scored_at or spans.scored)
         row = {
             "step": step,
             "version": self.sync.version,
-            "staleness": float(learner_version - samples.versions.min()),
+            "staleness": float(lag.max()),
+            "staleness_min": float(lag.min()),
+            "staleness_mean": float(lag.mean()),
+            "staleness_max": float(lag.max()),
             "images": len(samples),
             "mean_p_yes": float(scored.p_yes.mean()),
             "pass_rate": float(scored.accepted.mean()),
@@ -157,6 +181,7 @@ class Controller:
             **self.curriculum.stats(),
             **timer.seconds,
             "images_per_s": len(samples) / max(timer.seconds["time_generate"], 1e-9),
+            "images_per_s_step": len(samples) / max(timer.seconds["time_step"], 1e-9),
             "judged_per_s": len(samples) / max(timer.seconds["time_reward"], 1e-9),
             **(sync.as_metrics() if sync else {}),
             **self.watch_the_judge(step, scored),
@@ -271,6 +296,8 @@ class Controller:
         self.monitor.warnings = list(mon.get("warnings", []))
         self.sync.version = extra["sync_version"] - 1
         self.sync.push(self.roles.learner, self.sync_targets)  # workers get the checkpoint's weights
+        # async: the steps already launched when it was saved get the same prompts (and seeds)
+        self.rollouts.restore(extra.get("pipeline", {}).get("launched", {}), self.curriculum.prompts)
         self.start_step = extra["step"] + 1
         log.info("resumed from %s at step %d (version %d)", path, self.start_step, self.sync.version)
 
@@ -281,6 +308,7 @@ class Controller:
             "sync_version": self.sync.version,
             "evals": {str(k): v for k, v in self.evals.items()},
             "optimizer_updates": self.optimizer_updates,
+            "pipeline": {"launched": self.rollouts.pending()},  # async: steps step+1..step+k
             "monitor": {
                 "judged": self.monitor.judged,
                 "true": self.monitor.true,
@@ -404,14 +432,15 @@ def _pass_counts(samples: Rollouts, scored: Scores) -> dict[str, tuple[int, int]
     return {k: (a, t) for k, (a, t) in counts.items()}
 
 
-def _rollout_columns(step: int, samples: Rollouts, scored: Scores) -> dict:
+def _rollout_columns(step: int, samples: Rollouts, scored: Scores, lag: np.ndarray) -> dict:
     return {
-        "step": np.full(len(samples), step, dtype=np.int64),
+        "step": np.full(len(samples), step, dtype=np.int64),  # the step that trained on it
         "prompt_id": samples.prompt_ids,
         "prompt": samples.prompts,
         "sample_index": samples.sample_index,
         "seed": samples.seeds,
-        "version": samples.versions,
+        "version": samples.versions,  # the policy version that generated it
+        "staleness": lag,  # versions behind the learner that trained on it
         "tokens": samples.tokens,
         "p_yes": scored.p_yes,
         "accepted": scored.accepted,

@@ -56,7 +56,7 @@ class WorkerPool:
     make_actor: object  # callable(index) -> actor handle (placed and sized by the caller)
     size: int
     actors: list = field(default_factory=list)
-    current: tuple[int, list] | None = None  # (version, bucket refs) of the last update
+    current: tuple[int, list] | None = None  # (version, the ledger's replay: [(manifest, refs)])
     restarts: int = 0
     max_restarts: int = 3
     placement: list[dict] = field(default_factory=list)  # each worker's ready() info: node, pid
@@ -73,9 +73,11 @@ class WorkerPool:
             except RayError as err:
                 raise WorkerError(f"{self.name} worker {i} failed to start: {describe(err)}") from None
 
-    def load_weights_async(self, version: int, refs: list) -> list:
-        self.current = (version, refs)
-        return [a.load_weights.remote(version, refs) for a in self.actors]
+    def load_weights_async(self, version: int, parts: list) -> list:
+        """Replay pushes into every worker (WeightSync.push streams; this is for a whole
+        replay): parts are a WeightLedger's [(manifest, bucket refs)], oldest first."""
+        self.current = (version, parts)
+        return [a.load_weights.remote(version, parts) for a in self.actors]
 
     def versions(self) -> list[int]:
         import ray
@@ -100,6 +102,11 @@ class WorkerPool:
             ) from None
         if self.current is not None:
             ray.get(self.actors[i].load_weights.remote(*self.current))
+
+    def replace(self, i: int, err: Exception) -> None:
+        """Replace dead worker i and load it with the last pushed weights (for callers that
+        track their own calls on the workers, e.g. gapray.pipeline's streamed shares)."""
+        self._replace(i, err)
 
     def heal(self) -> None:
         """Replace dead workers and bring every worker to the last pushed version (after a

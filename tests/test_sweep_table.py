@@ -172,3 +172,36 @@ def test_plots_open_and_the_page_links_them(tmp_path):
     assert 'href="runs/a/report/index.html"' in text
     assert all(f'src="plots/{f.name}"' in text for f in files)
     assert "boom" in text and "0.2 <small>[" in text
+
+
+def test_two_keys_group_per_point_and_plot_per_key(tmp_path):
+    # 2 x 2 points (learner.beta x learner.beta_per_token) x 2 seeds: one group per point, each
+    # the mean of its two seeds; one scaling plot per swept key (the end-to-end sweep in
+    # test_sweep.py sweeps one key, to keep the suite short).
+    rows = [
+        {
+            "trial": f"{b}-{t}-{s}",
+            "learner.beta": b,
+            "learner.beta_per_token": t,
+            "run.seed": s,
+            "status": "ok",
+            "attempts": 1,
+            "m_delta": delta + 0.1 * s,
+            "wall_s": 1.0,
+            "gpu_hours": 0.0,
+        }
+        for (b, t, delta) in ((0.1, False, 0.0), (0.1, True, 0.2), (0.2, False, 0.4), (0.2, True, 0.6))
+        for s in (0, 1)
+    ]
+    axes = ["learner.beta", "learner.beta_per_token", "run.seed"]
+    grouped = table.group_over_seeds(rows, axes, "run.seed")
+    points = {(g["learner.beta"], g["learner.beta_per_token"]): g for g in grouped}
+    assert sorted(points) == [(0.1, False), (0.1, True), (0.2, False), (0.2, True)]
+    assert all(g["n"] == 2 for g in grouped)
+    assert points[(0.2, True)]["m_delta"] == pytest.approx(0.65)  # (0.6 + 0.7) / 2
+    files = plots.plot_all(rows, grouped, ["m"], axes, "run.seed", tmp_path / "plots")
+    assert sorted(f.name for f in files) == [
+        "compute_m.png",
+        "scaling_m__learner.beta.png",
+        "scaling_m__learner.beta_per_token.png",
+    ]

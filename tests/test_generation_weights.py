@@ -1,9 +1,10 @@
 """GenerationWorker.load_weights on the vLLM backend is all-or-nothing across its two models.
 
 A vLLM generation worker holds a vLLM engine (sampling) and its transformers adapter
-(evaluation); every weight sync must leave both at the same version. A stand-in engine with
-the real engine's weight interface (version, load_weights, snapshot, restore) replaces vLLM,
-so these run without it; `ray.get` is replaced by identity, so bucket "refs" are the buckets.
+(evaluation); every weight sync must leave both at the same version, bucket by bucket. A
+stand-in engine with the real engine's weight interface (version, check_manifest,
+apply_bucket, snapshot, restore) replaces vLLM, so these run without it; `ray.get` is replaced
+by identity, so bucket "refs" are the buckets.
 
     pytest tests/test_generation_weights.py -q
 """
@@ -18,6 +19,7 @@ import torch
 
 from gapray.config import load_config
 from gapray.workers.generation import GenerationWorker
+from gapray.workers.sync import TORN, SyncManifest
 
 NAME = "model.language_model.layers.0.self_attn.q_proj.weight"
 
@@ -32,15 +34,16 @@ class FakeEngine:
         self.refuse: str | None = None
         self.loads = 0
 
-    def load_weights(self, version: int, tensors: dict[str, torch.Tensor]) -> int:
+    def check_manifest(self, manifest) -> None:
+        pass
+
+    def apply_bucket(self, tensors: dict[str, torch.Tensor]) -> None:
         from gapray.backends.vllm_worker import WeightUpdateError
 
         if self.refuse:
             raise WeightUpdateError(self.refuse)
         self.loads += 1
         self.latest = {**self.latest, **{k: v.clone() for k, v in tensors.items()}}
-        self.version = version
-        return version
 
     def snapshot(self):
         return (self.version, dict(self.latest))
@@ -60,6 +63,12 @@ def worker(monkeypatch):
     return w
 
 
+def push(w: GenerationWorker, version: int, *buckets: dict) -> int:
+    """A WeightSync push of these buckets, as a replay (ray.get is identity here)."""
+    w.load_weights(version, [(SyncManifest.of(list(buckets)), list(buckets))])
+    return w.version
+
+
 def _params(w: GenerationWorker) -> dict[str, torch.Tensor]:
     return copy.deepcopy(w.model.model.state_dict())
 
@@ -75,10 +84,10 @@ def test_an_update_the_adapter_refuses_leaves_the_engine_untouched(worker):
     # The engine would skip a Janus tensor it does not use; the adapter has no such parameter.
     bucket = {NAME: good, "model.no_such_layer.weight": torch.zeros(2)}
     with pytest.raises(ValueError, match=re.escape("model.no_such_layer.weight")):
-        worker.load_weights(1, [bucket])
+        push(worker, 1, bucket)
     assert (worker.version, worker.engine.version, worker.engine.loads) == (0, 0, 0)
     assert _unchanged(before, worker) == []
-    assert worker.load_weights(1, [{NAME: good}]) == 1  # a good update still goes through
+    assert push(worker, 1, {NAME: good}) == 1  # a good update still goes through
     assert (worker.version, worker.engine.version) == (1, 1)
     assert torch.equal(worker.model.model.state_dict()[NAME], good)
 
@@ -89,7 +98,7 @@ def test_an_update_the_engine_refuses_leaves_the_adapter_untouched(worker):
     before = _params(worker)
     worker.engine.refuse = "weight update: the engine says no"
     with pytest.raises(WeightUpdateError, match="engine says no"):
-        worker.load_weights(1, [{NAME: torch.ones_like(before[NAME])}])
+        push(worker, 1, {NAME: torch.ones_like(before[NAME])})
     assert (worker.version, worker.engine.version) == (0, 0)
     assert _unchanged(before, worker) == []
 
@@ -98,7 +107,7 @@ def test_a_failing_adapter_copy_after_the_engine_loaded_restores_the_engine(work
     from gapray.workers.sync import UpdatePlan
 
     before = _params(worker)
-    assert worker.load_weights(1, [{NAME: torch.ones_like(before[NAME])}]) == 1
+    assert push(worker, 1, {NAME: torch.ones_like(before[NAME])}) == 1
     held = dict(worker.engine.latest)
 
     def broken(self):
@@ -106,7 +115,26 @@ def test_a_failing_adapter_copy_after_the_engine_loaded_restores_the_engine(work
 
     monkeypatch.setattr(UpdatePlan, "apply", broken)
     with pytest.raises(RuntimeError, match="device lost"):
-        worker.load_weights(2, [{NAME: torch.full_like(before[NAME], 2.0)}])
+        push(worker, 2, {NAME: torch.full_like(before[NAME], 2.0)})
     assert (worker.version, worker.engine.version) == (1, 1)
     assert held.keys() == worker.engine.latest.keys()
     assert all(torch.equal(held[k], worker.engine.latest[k]) for k in held)
+
+
+def test_a_failure_after_an_earlier_bucket_leaves_both_torn_until_a_replay(worker):
+    from gapray.backends.vllm_worker import WeightUpdateError
+
+    plain = "model.language_model.norm.weight"
+    before = _params(worker)
+    first, second = {plain: torch.full_like(before[plain], 2.0)}, {NAME: torch.ones_like(before[NAME])}
+    manifest = SyncManifest.of([first, second])
+    assert worker.begin_update(1, manifest) is None  # checked, nothing applied yet
+    assert worker.apply_bucket(1, first) is None
+    worker.engine.refuse = "weight update: the engine says no"
+    with pytest.raises(WeightUpdateError, match="engine says no"):
+        worker.apply_bucket(1, second)
+    assert (worker.version, worker.engine.version) == (TORN, TORN)  # part of version 1 is in
+    worker.engine.refuse = None
+    assert push(worker, 1, first, second) == 1  # the pool's heal replays the push whole
+    assert worker.engine.version == 1
+    assert torch.equal(worker.model.model.state_dict()[NAME], second[NAME])

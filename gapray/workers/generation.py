@@ -68,29 +68,36 @@ class GenerationWorker(ModelWorker):
             return path
         return model_cfg.name
 
-    def load_weights(self, version: int, bucket_refs: list) -> int:
-        """Apply a versioned update to everything this worker holds, or to nothing: with the
-        vLLM backend the adapter's side is checked first (nothing touched on a refusal), then
-        the engine loads it (WeightUpdateError: the engine rolled itself back), then the checked
-        adapter copy runs; should that copy still fail, the engine is restored to the version
-        the adapter holds. Both models always report the same version."""
-        if self.engine is None:
-            return super().load_weights(version, bucket_refs)
-        import ray
+    # Weight updates: ModelWorker's begin_update / apply_bucket / load_weights, applied to
+    # everything this worker holds or, bucket by bucket, to nothing.
+    def _check_manifest(self, manifest) -> None:
+        super()._check_manifest(manifest)
+        if self.engine is not None:
+            self.engine.check_manifest(manifest)
 
-        tensors = {k: v for b in ray.get(bucket_refs) for k, v in b.items()}
+    def _apply(self, bucket: dict) -> None:
+        """One bucket into both models: with the vLLM backend the adapter's side is checked
+        first (nothing touched on a refusal), then the engine loads it in place
+        (WeightUpdateError: the engine put that bucket's layers back), then the checked adapter
+        copy runs; should that copy still fail, the engine's layers go back too."""
+        if self.engine is None:
+            return super()._apply(bucket)
         plan = check_update(
-            self.model.model, tensors, lora_scaling=self.lora_scaling, merge_state=self.merge_state
+            self.model.model, bucket, lora_scaling=self.lora_scaling, merge_state=self.merge_state
         )
         saved = self.engine.snapshot()
-        self.engine.load_weights(version, tensors)
+        self.engine.apply_bucket(bucket)
         try:
             plan.apply()
         except BaseException:
             self.engine.restore(saved)
             raise
+
+    def _set_version(self, version: int) -> None:
+        """Both models always report the same version."""
         self.version = version
-        return version
+        if self.engine is not None:
+            self.engine.version = version
 
     def generate(self, prompts: list[str], seeds: list[int]) -> tuple[np.ndarray, int]:
         """One image per row (prompts already repeated n times) -> (N, T) int32 tokens and the

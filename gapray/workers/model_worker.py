@@ -1,14 +1,24 @@
 """What generation and reward workers share: the model they hold, its version, weight loading.
 
 worker = ModelWorker(model_cfg, threads=2, lora_scaling=1.0)
-worker.load_weights(version, bucket_refs)   # a WeightSync push, applied in place
+worker.begin_update(version, manifest)      # a WeightSync push: every tensor checked first,
+worker.apply_bucket(version, bucket)        # then each bucket copied in place as it arrives
+worker.load_weights(version, parts)         # a replay of the ledger (a new or healed worker)
 """
 
 from __future__ import annotations
 
 import torch
 
-from gapray.workers.sync import LoraMergeState, apply_update
+from gapray.workers.sync import (
+    TORN,
+    BucketReceiver,
+    LoraMergeState,
+    SyncAck,
+    SyncManifest,
+    check_manifest,
+    check_update,
+)
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -38,6 +48,7 @@ class ModelWorker:
         self.version = 0
         self.lora_scaling = lora_scaling
         self.merge_state = LoraMergeState.empty()
+        self.receiver = BucketReceiver()
 
     def ready(self) -> dict:
         from gapray.placement import actor_location
@@ -47,13 +58,61 @@ class ModelWorker:
     def get_version(self) -> int:
         return self.version
 
-    def load_weights(self, version: int, bucket_refs: list) -> int:
-        """Pull the buckets of a versioned update and copy them in; on any error the version
-        stays what it was and the error (naming the tensor) propagates to the driver."""
+    # ------------------------------------------------------------------------ weight updates
+    def begin_update(self, version: int, manifest: SyncManifest) -> SyncAck | None:
+        """The manifest of a push: every tensor is checked against the model before any bucket
+        arrives (a refusal changes nothing and keeps the version). The ack when it has no buckets."""
+        self._check_manifest(manifest)
+        if not self.receiver.node_id:
+            import ray
+
+            self.receiver.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        ack = self.receiver.begin(version, manifest)
+        if ack is not None:
+            self._set_version(version)
+        return ack
+
+    def _check_manifest(self, manifest: SyncManifest) -> None:
+        check_manifest(
+            self.model.model, manifest, lora_scaling=self.lora_scaling, merge_state=self.merge_state
+        )
+
+    def apply_bucket(self, version: int, bucket: dict) -> SyncAck | None:
+        """Copy one bucket in place (checked first: a refused bucket changes nothing); the ack
+        after the manifest's last. A failure after an earlier bucket of the update went in
+        leaves the worker TORN (it holds part of the update) until a replay."""
+        self.receiver.expect(version, bucket)
+        try:
+            self._apply(bucket)
+        except BaseException as err:
+            if self.receiver.index > 0:
+                self._set_version(TORN)
+            self.receiver.fail(f"{type(err).__name__}: {err}")
+            raise
+        ack = self.receiver.done(bucket)
+        if ack is not None:
+            self._set_version(version)
+        return ack
+
+    def _apply(self, bucket: dict) -> None:
+        check_update(
+            self.model.model, bucket, lora_scaling=self.lora_scaling, merge_state=self.merge_state
+        ).apply()
+
+    def load_weights(self, version: int, parts: list[tuple[SyncManifest, list]]) -> SyncAck | None:
+        """Replay pushes (a WeightLedger's entries, oldest first): each manifest checked, then its
+        buckets pulled and applied one at a time; the worker ends at `version`."""
         import ray
 
-        buckets = ray.get(bucket_refs)
-        tensors = {k: v for b in buckets for k, v in b.items()}
-        apply_update(self.model.model, tensors, lora_scaling=self.lora_scaling, merge_state=self.merge_state)
+        ack = None
+        for manifest, refs in parts:
+            ack = self.begin_update(version, manifest)
+            for ref in refs:
+                bucket = ray.get(ref)
+                ack = self.apply_bucket(version, bucket)
+                del bucket  # one bucket held at a time
+        self._set_version(version)
+        return ack
+
+    def _set_version(self, version: int) -> None:
         self.version = version
-        return version

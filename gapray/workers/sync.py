@@ -1,22 +1,35 @@
-"""Weight sync: learner weights -> generation / reward workers through the Ray object store.
+"""Weight sync: learner weights -> generation / reward workers, streamed bucket by bucket.
 
-Only what trains travels: the LLM backbone's parameters (or, under LoRA, the adapter matrices,
-merged into the receiving worker's own base weights on arrival). The learner packs them into
-buckets of about `bucket_mb` MB, puts each bucket in the object store once, and hands the same
-list of object refs to every target; each target pulls the buckets and copies them in place,
-then reports the version it now holds. Every sample records the version that generated it.
+Only what trains travels, and of that only what changed since the last push: the LLM
+backbone's parameters (or, under LoRA, the adapter matrices, merged into the receiving worker's
+own base weights on arrival). Each learner rank keeps a `WeightExporter`, which remembers the
+values it last sent (its own shard of them, for an FSDP2-sharded learner) and compares: a tensor
+whose values did not change (no gradient reached it) is skipped; a LoRA pair travels whole when
+either half changed. The exporter is a generator: first a `SyncManifest` (every tensor of the
+push, by bucket: names, shapes, dtypes), then the buckets of about `bucket_mb` MiB, each gathered
+(`DTensor.full_tensor()`, a collective every rank runs in the same order) and yielded as soon as
+it is ready; under Ray the learner's export is a streaming generator method, so each bucket is in
+the object store while the next one is gathered, and the driver forwards each to every target at
+once. A target checks the whole manifest before it changes anything (`BucketReceiver.begin`),
+then copies each bucket in place as it arrives and lets it go: the extra memory a sync costs it is
+one bucket (`SyncAck.peak_extra_bytes`, the kernel's peak-RSS count over the sync). The driver
+keeps a `WeightLedger` of the pushes whose tensors are still the latest, so a worker that joins
+late or was restarted replays them in order and holds exactly the pushed version.
 
-    buckets = pack_buckets(named_tensors, bucket_mb=64)          # on the learner
-    refs = [ray.put(b) for b in buckets]
-    apply_update(model, bucket, lora_scaling=s, merge_state=state)  # on a worker, per bucket
-    check_update(model, bucket, ...).apply()                        # the same in two phases
+    exporter = WeightExporter()                                    # on each learner rank
+    for item in exporter.export(model, bucket_mb=64, emit=rank == 0): ...   # manifest, buckets
+    receiver = BucketReceiver(); receiver.begin(version, manifest, model, ...)  # on a worker
+    receiver.apply(version, bucket)                                # per bucket, in place
+    apply_update(model, bucket, lora_scaling=s, merge_state=state)  # one bucket, checked first
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 
@@ -178,6 +191,373 @@ def apply_update(
     return check_update(model, tensors, lora_scaling=lora_scaling, merge_state=merge_state).apply()
 
 
+# ------------------------------------------------------------------------ what a push carries
+TORN = -1
+"""The version a worker reports after an update failed part-way through its buckets: it holds
+some tensors of the new version and some of the old, so it claims neither; a replay of the
+ledger (`WorkerPool.heal`) brings it to the pushed version."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a push: its name (transformers' naming), full shape and dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # torch dtype name without "torch.", e.g. "float32"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch.empty((), dtype=self.torch_dtype).element_size()
+
+    def meta(self) -> torch.Tensor:
+        """A storage-less tensor of this shape and dtype, for checks."""
+        return torch.empty(self.shape, dtype=self.torch_dtype, device="meta")
+
+
+@dataclass(frozen=True)
+class SyncManifest:
+    """What a push will carry, bucket by bucket, sent before the first bucket so a receiver can
+    check all of it before changing anything. `full`: every trainable tensor is in it."""
+
+    buckets: tuple[tuple[TensorSpec, ...], ...]
+    full: bool
+    trainable: int  # how many trainable tensors the learner holds (the push carries len(names))
+
+    @classmethod
+    def of(cls, buckets: list[dict[str, torch.Tensor]], full: bool = True) -> SyncManifest:
+        """The manifest of buckets already in hand (a test, an in-process sync)."""
+        specs = tuple(
+            tuple(TensorSpec(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in b.items())
+            for b in buckets
+        )
+        return cls(specs, full=full, trainable=sum(len(b) for b in specs))
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for b in self.buckets for t in b]
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.nbytes for b in self.buckets for t in b)
+
+    @property
+    def largest_bucket_bytes(self) -> int:
+        return max((sum(t.nbytes for t in b) for b in self.buckets), default=0)
+
+
+def _is_dtensor(p: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed
+        return False
+    return isinstance(p, DTensor)
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a parameter: its shard under FSDP2 (a DTensor), else all of it."""
+    return p.to_local().detach() if _is_dtensor(p) else p.detach()
+
+
+def _agree(flags: list[bool], device: torch.device) -> list[bool]:
+    """Element-wise OR of `flags` over the learner's ranks (one all_reduce), so every rank
+    gathers the same tensors in the same order; unchanged where torch.distributed is not up."""
+    import torch.distributed as dist
+
+    if not flags or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return flags
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+class WeightExporter:
+    """Learner-side, one per rank: which trainable tensors changed since the last export, and
+    the export itself, bucket by bucket.
+
+    It keeps a CPU copy of what it last sent (this rank's shard of it under FSDP2) and compares
+    exactly (`torch.equal`), so a parameter no gradient reached is skipped whatever the
+    optimizer (a version counter would not do: fused AdamW updates without bumping it). The
+    first export, and one asked `full=True`, carries everything."""
+
+    def __init__(self):
+        self.sent: dict[str, torch.Tensor] = {}
+
+    def _changed(self, name: str, p: torch.Tensor) -> bool:
+        prev = self.sent.get(name)
+        local = _local(p)
+        return prev is None or prev.shape != local.shape or not torch.equal(prev, local.to(prev.device))
+
+    def plan(
+        self, model: torch.nn.Module, bucket_mb: float, full: bool = False
+    ) -> tuple[SyncManifest, list[list[tuple[str, torch.Tensor]]]]:
+        """(the manifest, the parameters of each bucket): every changed trainable tensor, a LoRA
+        pair whole when either half changed, in model order, in buckets of ~bucket_mb MiB."""
+        if bucket_mb <= 0:
+            raise ValueError(f"bucket_mb must be > 0, got {bucket_mb}")
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        changed = [full or self._changed(n, p) for n, p in params]
+        pairs: dict[str, list[int]] = {}
+        for i, (n, _) in enumerate(params):
+            target = _lora_target(n)
+            if target is not None:
+                pairs.setdefault(target[0], []).append(i)
+        for members in pairs.values():
+            if any(changed[i] for i in members):
+                for i in members:
+                    changed[i] = True
+        device = _local(params[0][1]).device if params else torch.device("cpu")
+        changed = _agree(changed, device)
+        # Packing units: a tensor, or a LoRA layer's A and B together (a bucket never splits a
+        # pair, so a receiver can merge each pair on the bucket that brings it).
+        units: list[list[tuple[str, torch.Tensor]]] = []
+        for (n, p), c in zip(params, changed, strict=True):
+            if not c:
+                continue
+            target = _lora_target(n)
+            prev = _lora_target(units[-1][-1][0]) if units else None
+            if target is not None and prev is not None and prev[0] == target[0]:
+                units[-1].append((n, p))
+            else:
+                units.append([(n, p)])
+        limit = bucket_mb * 2**20
+        groups: list[list[tuple[str, torch.Tensor]]] = [[]]
+        size = 0
+        for unit in units:
+            nbytes = sum(p.numel() * p.element_size() for _, p in unit)  # a DTensor's: the full one's
+            if groups[-1] and size + nbytes > limit:
+                groups.append([])
+                size = 0
+            groups[-1].extend(unit)
+            size += nbytes
+        groups = [g for g in groups if g]
+        manifest = SyncManifest(
+            buckets=tuple(
+                tuple(TensorSpec(n, tuple(p.shape), str(p.dtype).removeprefix("torch.")) for n, p in g)
+                for g in groups
+            ),
+            full=all(changed),
+            trainable=len(params),
+        )
+        return manifest, groups
+
+    def export(
+        self, model: torch.nn.Module, bucket_mb: float, *, emit: bool = True, full: bool = False
+    ) -> Iterator[SyncManifest | dict[str, torch.Tensor]]:
+        """Yield the manifest, then each bucket (name -> CPU tensor) as soon as it is gathered.
+        Every rank of a sharded learner must run this to the end in step (each DTensor's
+        full_tensor() is a collective); only the rank with `emit` yields anything."""
+        manifest, groups = self.plan(model, bucket_mb, full)
+        if emit:
+            yield manifest
+        for group in groups:
+            bucket: dict[str, torch.Tensor] = {}
+            for name, p in group:
+                if _is_dtensor(p):
+                    whole = p.full_tensor().detach()  # collective: every rank, same order
+                    self.sent[name] = _local(p).to("cpu", copy=True)
+                    if emit:
+                        bucket[name] = whole.to("cpu")  # a fresh tensor: no second copy
+                else:
+                    # One copy serves both: the value sent, never modified in place, and what the
+                    # next export compares against.
+                    self.sent[name] = p.detach().to("cpu", copy=True)
+                    bucket[name] = self.sent[name]
+            if emit:
+                yield bucket
+
+
+class ExportStream:
+    """Driver-side view of one export from every learner rank: iterating it gives rank 0's
+    refs (the manifest's first, then each bucket's as soon as it is in the object store);
+    `finish()` waits for the other ranks' exports (which yield nothing) and raises their errors."""
+
+    def __init__(self, first, others: list):
+        self.first, self.others = first, others
+
+    def __iter__(self):
+        return iter(self.first)
+
+    def finish(self) -> None:
+        import ray
+
+        for gen in self.others:
+            for ref in gen:
+                ray.get(ref)
+
+
+# ------------------------------------------------------------------------ the receiving side
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """The peak extra resident memory of this process between `start()` and `stop()`, from the
+    kernel's own peak-RSS mark (VmHWM, reset at start): every allocation counts, torch's and
+    the object store's pages this process maps alike. None where /proc does not offer it."""
+
+    def __init__(self):
+        self.base: int | None = None
+
+    def start(self) -> None:
+        self.base = _rss_bytes() if _reset_peak_rss() else None
+
+    def stop(self) -> int | None:
+        peak = _peak_rss_bytes()
+        if self.base is None or peak is None:
+            return None
+        return max(0, peak - self.base)
+
+
+@dataclass(frozen=True)
+class SyncAck:
+    """A worker's account of one update, returned with its last bucket."""
+
+    version: int
+    node_id: str
+    bytes: int  # bytes of tensors applied
+    buckets: int
+    largest_bucket_bytes: int
+    peak_extra_bytes: int | None  # PeakMemory over begin..last bucket
+    seconds: float  # on the worker, from the manifest's arrival to the last bucket applied
+
+
+def check_manifest(
+    model: torch.nn.Module,
+    manifest: SyncManifest,
+    *,
+    lora_scaling: float = 1.0,
+    merge_state: LoraMergeState | None = None,
+) -> None:
+    """Check every tensor of a push against `model` before any bucket arrives (names, shapes,
+    LoRA pairs as they will complete bucket after bucket), on storage-less tensors; changes
+    nothing. Raises ValueError naming the first tensor that does not fit."""
+    scratch = None
+    if merge_state is not None:
+        scratch = LoraMergeState(base={}, pending=dict(merge_state.pending))
+    for bucket in manifest.buckets:
+        plan = check_update(
+            model, {t.name: t.meta() for t in bucket}, lora_scaling=lora_scaling, merge_state=scratch
+        )
+        if scratch is not None:
+            scratch.pending = plan.pending
+
+
+@dataclass
+class BucketReceiver:
+    """Worker-side bookkeeping of the update in flight: its manifest, which bucket is next,
+    the bytes applied and the memory it costs. `begin` then `apply` once per bucket, in order;
+    each returns the SyncAck once the last bucket is in (begin does when there are none)."""
+
+    node_id: str = ""
+    version: int | None = None
+    manifest: SyncManifest | None = None
+    index: int = 0
+    applied: int = 0
+    failed: str | None = None
+    t0: float = 0.0
+    memory: PeakMemory = field(default_factory=PeakMemory)
+
+    def begin(self, version: int, manifest: SyncManifest) -> SyncAck | None:
+        self.version, self.manifest, self.index, self.applied, self.failed = version, manifest, 0, 0, None
+        self.t0 = time.perf_counter()
+        self.memory.start()
+        return self._ack() if not manifest.buckets else None
+
+    def expect(self, version: int, bucket: dict[str, torch.Tensor]) -> None:
+        """Raise unless `bucket` is the next one of `version`'s manifest (same names, in order)."""
+        if self.manifest is None or version != self.version:
+            raise ValueError(f"weight update: a bucket of version {version} arrived before its manifest")
+        if self.failed:
+            raise ValueError(f"weight update to version {version}: {self.failed}")
+        if self.index >= len(self.manifest.buckets):
+            raise ValueError(f"weight update to version {version}: more buckets than its manifest lists")
+        want = [t.name for t in self.manifest.buckets[self.index]]
+        if list(bucket) != want:
+            raise ValueError(
+                f"weight update to version {version}: bucket {self.index} holds {list(bucket)[:3]}..., "
+                f"the manifest lists {want[:3]}..."
+            )
+
+    def done(self, bucket: dict[str, torch.Tensor]) -> SyncAck | None:
+        """Count an applied bucket; the ack once it was the last."""
+        assert self.manifest is not None
+        self.applied += sum(t.numel() * t.element_size() for t in bucket.values())
+        self.index += 1
+        return self._ack() if self.index == len(self.manifest.buckets) else None
+
+    def fail(self, why: str) -> None:
+        self.failed = f"bucket {self.index} failed: {why}"
+
+    def _ack(self) -> SyncAck:
+        assert self.manifest is not None and self.version is not None
+        return SyncAck(
+            version=self.version,
+            node_id=self.node_id,
+            bytes=self.applied,
+            buckets=self.index,
+            largest_bucket_bytes=self.manifest.largest_bucket_bytes,
+            peak_extra_bytes=self.memory.stop(),
+            seconds=time.perf_counter() - self.t0,
+        )
+
+
+# ------------------------------------------------------------------------------ the driver side
+class WeightLedger:
+    """Driver-side: the pushes whose tensors are still the latest, oldest first, with their
+    bucket refs. A push is dropped once every tensor in it was sent again by a later one (a
+    full push drops all before it). Replaying the entries in order, each bucket by bucket,
+    brings a fresh worker to exactly the latest version; it holds at most one copy of each
+    tensor's latest value plus the older values in partly superseded pushes."""
+
+    def __init__(self):
+        self.entries: list[tuple[int, SyncManifest, list]] = []
+        self.live: list[set[str]] = []  # per entry: its names no later push sent
+
+    @property
+    def version(self) -> int:
+        return self.entries[-1][0] if self.entries else 0
+
+    def record(self, version: int, manifest: SyncManifest, refs: list) -> None:
+        names = set(manifest.names)
+        kept = [(e, live - names) for e, live in zip(self.entries, self.live, strict=True)]
+        kept = [(e, live) for e, live in kept if live and not manifest.full]
+        self.entries = [e for e, _ in kept] + [(version, manifest, list(refs))]
+        self.live = [live for _, live in kept] + [names]
+
+    def replay(self) -> list[tuple[SyncManifest, list]]:
+        return [(m, refs) for _, m, refs in self.entries]
+
+
 @dataclass(frozen=True)
 class SyncStats:
     """One push: version sent, bytes, buckets, seconds from export start to the last ack."""
@@ -187,56 +567,78 @@ class SyncStats:
     buckets: int
     seconds: float
     nodes: int = 1
-    """Ray nodes whose object store holds the buckets after every target pulled them (the
-    learner's node plus each other node a target runs on): > 1 means they crossed nodes."""
+    """Ray nodes the buckets reached: the learner's plus each node where a target acknowledged
+    applying at least one bucket (> 1 means they crossed nodes)."""
+    tensors: int = 0  # tensors sent (the changed ones)
+    trainable: int = 0  # trainable tensors the learner holds
+    largest_bucket_bytes: int = 0
+    peak_extra_bytes: int | None = None  # the largest receiver's PeakMemory over this sync
 
     def as_metrics(self) -> dict[str, float]:
-        return {
+        out = {
             "sync_ms": 1000 * self.seconds,
             "sync_mb": self.bytes / 2**20,
             "sync_buckets": float(self.buckets),
             "sync_nodes": float(self.nodes),
+            "sync_tensors": float(self.tensors),
+            "sync_bucket_max_mb": self.largest_bucket_bytes / 2**20,
         }
+        if self.peak_extra_bytes is not None:
+            out["sync_receiver_peak_extra_mb"] = self.peak_extra_bytes / 2**20
+        return out
 
 
 class WeightSync:
-    """Driver-side: versioned pushes from learner rank 0 to the worker pools."""
+    """Driver-side: versioned, streamed pushes from the learner to the worker pools."""
 
     def __init__(self, bucket_mb: float):
         self.bucket_mb = bucket_mb
         self.version = 0
+        self.ledger = WeightLedger()
 
     def push(self, learner_group, targets: list) -> SyncStats:
-        """Export the learner's trainable weights once, load them into every target pool, wait
-        for every worker's acknowledgement of the new version."""
+        """Export the changed trainable weights once (every learner rank takes part), forward each
+        bucket to every target worker as soon as it is in the object store, wait for every
+        worker's acknowledgement of the new version. The pools learn the ledger's replay before
+        any ack is awaited, so a worker that dies during the push is replaced at this version."""
         import ray
 
         t0 = time.perf_counter()
         version = self.version + 1
-        refs, nbytes = learner_group.export_weights(self.bucket_mb)
-        acks = [ref for pool in targets for ref in pool.load_weights_async(version, refs)]
-        held = ray.get(acks)
-        if any(v != version for v in held):
-            raise RuntimeError(f"weight sync: workers report versions {held}, expected {version}")
+        stream = learner_group.export_weights(self.bucket_mb)
+        actors = [a for pool in targets for a in pool.actors]
+        items = iter(stream)
+        manifest_ref = next(items)
+        calls = [a.begin_update.remote(version, manifest_ref) for a in actors]
+        refs = []
+        for ref in items:
+            refs.append(ref)
+            calls += [a.apply_bucket.remote(version, ref) for a in actors]
+        stream.finish()
+        manifest: SyncManifest = ray.get(manifest_ref)
+        self.ledger.record(version, manifest, refs)
+        replay = self.ledger.replay()
+        for pool in targets:
+            pool.current = (version, replay)
+        acks: list[SyncAck] = [r for r in ray.get(calls) if r is not None]
+        if len(acks) != len(actors) or any(a.version != version for a in acks):
+            raise RuntimeError(
+                f"weight sync: workers report versions {[a.version for a in acks]}, expected {version} "
+                f"from {len(actors)} workers"
+            )
         self.version = version
         seconds = time.perf_counter() - t0
-        expect = {p.get("node_id") for p in learner_group.placement[:1]}
-        expect |= {w.get("node_id") for pool in targets for w in pool.placement}
-        return SyncStats(version, nbytes, len(refs), seconds, nodes=_holding_nodes(refs, len(expect)))
-
-
-def _holding_nodes(refs: list, expect: int, patience_s: float = 2.0) -> int:
-    """How many nodes' object stores hold a copy of the buckets, asked of their owner (the
-    learner). A target acknowledges its pull before its location update reaches the owner, so
-    this asks again (every 20 ms, at most `patience_s`) until `expect` nodes are listed: the
-    learner's and every target's. Buckets small enough to travel inline live in no object
-    store and count none."""
-    import ray
-
-    deadline = time.perf_counter() + patience_s
-    while True:
-        locations = ray.experimental.get_object_locations(refs)
-        nodes = len({node for loc in locations.values() for node in loc.get("node_ids") or []})
-        if nodes >= expect or time.perf_counter() > deadline:
-            return nodes
-        time.sleep(0.02)
+        nodes = {p.get("node_id") for p in learner_group.placement[:1]}
+        nodes |= {a.node_id for a in acks if a.buckets}
+        peaks = [a.peak_extra_bytes for a in acks if a.peak_extra_bytes is not None]
+        return SyncStats(
+            version,
+            manifest.bytes,
+            len(refs),
+            seconds,
+            nodes=len(nodes),
+            tensors=len(manifest.names),
+            trainable=manifest.trainable,
+            largest_bucket_bytes=manifest.largest_bucket_bytes,
+            peak_extra_bytes=max(peaks) if peaks else None,
+        )

@@ -163,6 +163,13 @@ def test_gradients_reach_only_trainable_parameters():
         assert got and all(trains(n) for n in got), mode
         assert set(m.trainable_parameters()) == {n for n, _ in m.model.named_parameters() if trains(n)}
         assert not any(n.startswith("vq_model.") for n in m.trainable_parameters())
+    ref = m.frozen_copy()  # the DPO reference: trainable part copied, frozen part shared
+    assert ref.model.vq_model.decoder.conv_out.weight is m.model.vq_model.decoder.conv_out.weight
+    assert ref.model.showo.model.layers[0].mlp.fc1.weight is not m.model.showo.model.layers[0].mlp.fc1.weight
+    assert not any(p.requires_grad for p in ref.model.parameters())
+    assert len(m.decoder_layers()) == 2
+    with torch.no_grad():
+        assert torch.equal(ref.image_logprobs(PROMPTS, tokens)[0], m.image_logprobs(PROMPTS, tokens)[0])
     lora = tiny_showo(seed=0)
     before, _ = lora.image_logprobs(PROMPTS, tokens)
     lora.set_trainable("lora", lora_rank=2, lora_alpha=4)

@@ -404,6 +404,26 @@ class ShowoUnified(nn.Module):
         return self.showo.lm_head.weight.device
 
 
+class _CodeLogits(nn.Module):
+    """forward(ids (R, L) = [text, soi, T image ids, eoi], omni mask, Lt) -> (R, T, K) logits
+    over the codes at the image positions: the LM head's code rows only (Show-o's
+    logits[..., code_offset:-1]), so no full-vocabulary logits are formed at image positions."""
+
+    def __init__(self, model: ShowoUnified, layout: ShowoLayout):
+        super().__init__()
+        self.model = model
+        self.code_rows = slice(layout.code_offset, layout.code_offset + layout.codebook_size)
+        self.num_image_tokens = layout.num_vq_tokens
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, Lt: int) -> torch.Tensor:
+        showo = self.model.showo
+        h = showo.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        h = h[:, Lt + 1 : Lt + 1 + self.num_image_tokens]  # (R, T, D)
+        head = showo.lm_head
+        bias = None if head.bias is None else head.bias[self.code_rows]
+        return F.linear(h, head.weight[self.code_rows].to(h.dtype), None if bias is None else bias.to(h.dtype))
+
+
 def omni_mask(is_pad: torch.Tensor, full_upto: torch.Tensor | None, image: torch.Tensor | None) -> torch.Tensor:
     """Boolean (B, 1, L, L) attention mask, True = attend. Causal, plus: queries in `image`
     ((B, L) bool) see every position; with `full_upto` ((B,) index), every query sees positions
@@ -490,6 +510,7 @@ class ShowoAdapter:
         self._yes_words, self._no_words = yes_words, no_words
         self.trainable_mode: TrainableMode | None = None
         self._peft = None
+        self._teacher: _CodeLogits | None = None  # built by training_module()
 
     def _check_tokenizer(self) -> None:
         lay, tok = self.layout, self.tokenizer
@@ -572,15 +593,44 @@ class ShowoAdapter:
     def _code_logits(self, text: torch.Tensor, image_ids: torch.Tensor, mask: torch.Tensor, Lt: int) -> torch.Tensor:
         """(R', T, K) logits over the K codes at the T image positions of [text, soi, image, eoi]."""
         R = text.shape[0]
-        lay = self.layout
-        soi = text.new_full((R, 1), lay.token_id("<|soi|>"))
-        eoi = text.new_full((R, 1), lay.token_id("<|eoi|>"))
-        ids = torch.cat([text, soi, image_ids, eoi], dim=1)
-        h = self.model.showo.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        h = h[:, Lt + 1 : Lt + 1 + self.num_image_tokens]  # (R', T, D)
-        head = self.model.showo.lm_head
-        sl = slice(lay.code_offset, lay.code_offset + lay.codebook_size)  # Show-o's [code_offset:-1]
-        return F.linear(h, head.weight[sl], None if head.bias is None else head.bias[sl])
+        soi = text.new_full((R, 1), self.layout.token_id("<|soi|>"))
+        eoi = text.new_full((R, 1), self.layout.token_id("<|eoi|>"))
+        return self.training_module()(torch.cat([text, soi, image_ids, eoi], dim=1), mask, Lt)
+
+    # ------------------------------------------------------------------- what the learner wraps
+    def training_module(self) -> nn.Module:
+        """The code-logits forward as one module call, (ids, mask, Lt) -> (R, T, K): the module
+        the learner shards with FSDP (its forward is the entry point) and every generation and
+        log-prob forward goes through. Its child `model` is `self.model`."""
+        if self._teacher is None:
+            self._teacher = _CodeLogits(self.model, self.layout)
+        return self._teacher
+
+    def decoder_layers(self) -> list[nn.Module]:
+        """The Phi decoder layers, in order (FSDP units, activation checkpointing)."""
+        return list(self.model.showo.model.layers)
+
+    def frozen_copy(self) -> ShowoAdapter:
+        """A frozen reference: trainable parameters copied and frozen, every frozen one (the
+        MAGVIT-v2, and under trainable=llm the LM head) the same tensor as here. Needs
+        set_trainable first; not under LoRA (its reference is `reference_mode`)."""
+        if self.trainable_mode is None or self._peft is not None:
+            raise ValueError("frozen_copy: call set_trainable('llm' | 'all') first (LoRA uses reference_mode)")
+        shared = {id(p): p for p in self.model.parameters() if not p.requires_grad}
+        model = copy.deepcopy(self.model, memo=dict(shared))
+        model.requires_grad_(False).eval()
+        return ShowoAdapter(
+            model,
+            self.tokenizer,
+            self.layout,
+            sampler=self.sampler,
+            judge_template=self.judge_template,
+            question=self.question,
+            yes_words=self._yes_words,
+            no_words=self._no_words,
+            threshold=self.threshold,
+            extra_settings=self.extra_settings,
+        )
 
     @staticmethod
     def _cfg(logits: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:

@@ -48,11 +48,20 @@ def _rank_main(rank: int, world: int, master: str, overrides: list[str], batches
     stats, params = [], []
     for b in batches:
         stats.append(learner.update(b))
-        params.append(
-            {n: p.detach().to("cpu", copy=True) for n, p in learner.policy.model.named_parameters()}
-        )
+        params.append(full_params(learner))
     torch.save({"params": params, "stats": stats, "device": learner.device}, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def full_params(learner) -> dict:
+    """Every parameter of the learner's policy, whole (gathered from the ranks under FSDP: a
+    collective, so every rank calls it), as fp32 CPU copies by name."""
+    from gapray.workers.fsdp import full_tensor
+
+    return {
+        n: full_tensor(p.detach()).to("cpu", torch.float32, copy=True)
+        for n, p in learner.policy.model.named_parameters()
+    }
 
 
 def _free_port() -> int:

@@ -102,6 +102,7 @@ class JanusAdapter:
         self.no_ids = self._answer_ids(no_words, "no_words")
         self.trainable_mode: TrainableMode | None = None
         self._peft = None  # peft.PeftModel wrapping self.model when mode == "lora"
+        self._teacher: _TeacherForcing | None = None  # built by training_module()
         cfg = model.config
         self.num_image_tokens = cfg.vision_config.num_image_tokens
         self.codebook_size = cfg.vq_config.num_embeddings
@@ -368,20 +369,48 @@ class JanusAdapter:
             raise ValueError(f"cfg_scale: classifier-free guidance needs a scale > 1, got {cfg_scale}")
         tokens = tokens.to(self.device)
         ids, mask = self._encode_gen_prompts(list(prompts), cfg_scale is not None)  # (R, L)
-        L = ids.shape[1]
         tok_in = tokens if cfg_scale is None else torch.cat([tokens, tokens])  # (R, T)
-        embeds = torch.cat(
-            [
-                self.model.get_input_embeddings()(ids),  # (R, L, D)
-                self.model.prepare_embeddings_for_image_generation(tok_in[:, :-1]),  # (R, T-1, D)
-            ],
-            dim=1,
+        return self._cfg(self.training_module()(ids, mask, tok_in), cfg_scale)  # (N, T, K)
+
+    # ------------------------------------------------------------------- what the learner wraps
+    def training_module(self) -> torch.nn.Module:
+        """The teacher-forcing forward as one module call, (ids, mask, tokens) -> raw
+        generation-head logits: the module the learner shards with FSDP (its forward must be
+        the entry point so FSDP's root hooks run) and every image_logits call goes through.
+        It holds `self.model` as its child, so parameter names under it are `model.` + the
+        model's own names."""
+        if self._teacher is None:
+            self._teacher = _TeacherForcing(self.model)
+        return self._teacher
+
+    def decoder_layers(self) -> list[torch.nn.Module]:
+        """The LLM's decoder layers, in order: the units FSDP shards one at a time and
+        activation checkpointing recomputes."""
+        return list(self.model.model.language_model.layers)
+
+    def frozen_copy(self) -> JanusAdapter:
+        """A frozen reference: a copy of this adapter whose trainable parameters are copied
+        and frozen while every frozen one (the vision tower, the VQ, and under trainable=llm
+        the generation head) is the same tensor as here, held once. Needs set_trainable
+        first; not under LoRA (its reference is `reference_mode`)."""
+        import copy
+
+        if self.trainable_mode is None or self._peft is not None:
+            raise ValueError("frozen_copy: call set_trainable('llm' | 'all') first (LoRA uses reference_mode)")
+        shared = {id(p): p for p in self.model.parameters() if not p.requires_grad}
+        model = copy.deepcopy(self.model, memo=dict(shared))
+        model.requires_grad_(False).eval()
+        return JanusAdapter(
+            model,
+            self.processor,
+            gen_template=self.gen_template,
+            judge_template=self.judge_template,
+            question=self.question,
+            yes_words=tuple(self.tokenizer.convert_ids_to_tokens(i) for i in self.yes_ids),
+            no_words=tuple(self.tokenizer.convert_ids_to_tokens(i) for i in self.no_ids),
+            threshold=self.threshold,
+            extra_settings=self.extra_settings,
         )
-        full_mask = torch.cat([mask, mask.new_ones(mask.shape[0], tok_in.shape[1] - 1)], dim=1)
-        h = self.model.model.language_model(
-            inputs_embeds=embeds, attention_mask=full_mask, position_ids=self._positions(full_mask)
-        ).last_hidden_state  # (R, L+T-1, D)
-        return self._cfg(self.model.model.generation_head(h[:, L - 1 :]), cfg_scale)  # (N, T, K)
 
     # ------------------------------------------------------------------------------- decoding
     @torch.no_grad()
@@ -450,6 +479,36 @@ class JanusAdapter:
             scores.append(torch.sigmoid(lse_yes - lse_no))  # = P(yes) / (P(yes) + P(no))
         p_yes = torch.cat(scores).cpu()
         return Judgement(p_yes=p_yes, decision=p_yes >= self.threshold)  # s = 1 when S >= threshold
+
+
+class _TeacherForcing(torch.nn.Module):
+    """Teacher-forced generation logits of a Janus model in one forward: prompt embeddings
+    (R, L, D) then the image-token embeddings of tokens[:, :-1], through the LLM (no KV cache),
+    into the generation head at the L-1 .. L+T-2 positions. forward(ids (R, L), mask (R, L),
+    tokens (R, T)) -> (R, T, K)."""
+
+    def __init__(self, model: JanusForConditionalGeneration):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        L = ids.shape[1]
+        embeds = torch.cat(
+            [
+                m.get_input_embeddings()(ids),  # (R, L, D)
+                m.prepare_embeddings_for_image_generation(tokens[:, :-1]),  # (R, T-1, D)
+            ],
+            dim=1,
+        )
+        full_mask = torch.cat([mask, mask.new_ones(mask.shape[0], tokens.shape[1] - 1)], dim=1)
+        h = m.model.language_model(
+            inputs_embeds=embeds,
+            attention_mask=full_mask,
+            position_ids=JanusAdapter._positions(full_mask),
+            use_cache=False,  # teacher forcing needs no cache (and checkpointing must not fill one)
+        ).last_hidden_state  # (R, L+T-1, D)
+        return m.model.generation_head(h[:, L - 1 :])  # (R, T, K)
 
 
 def check_checkpoint_dir(p: Path) -> None:

@@ -6,6 +6,8 @@ resumed run calls `latest_checkpoint` then `load_trainer_state`. Layout of one c
     checkpoints/step_0000020/
         config.json, model.safetensors, ...   # written by the save_model callback (save_pretrained)
         trainer_state.pt                      # optimizer, curriculum, RNG states, step, version
+        distributed/                          # (sharded learners) torch.distributed.checkpoint:
+                                              #   trainable weights + AdamW state, one file per rank
         MANIFEST.json                         # {"files": [{"path", "size", "sha256"}, ...]}
 
 Everything is written into `checkpoints/.tmp-step_0000020/` first, and the directory is renamed
@@ -15,6 +17,11 @@ removes. Files damaged later (a full disk, a bad copy) are caught by `verify_che
 
     path = save_checkpoint(root / "checkpoints", 20, lambda d: model.save_pretrained(d), state)
     state = load_trainer_state(latest_checkpoint(root / "checkpoints"))
+
+Several writers (the ranks of a sharded learner, each writing its own shard files into the same
+directory on a shared filesystem) use the two halves: one process calls `begin_checkpoint`,
+every rank writes under `tmp_checkpoint_dir(...)`, then that one process calls
+`finish_checkpoint`, which hashes everything the ranks wrote into the manifest.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from gapray.storage.atomic import atomic_write_text, fsync_dir, fsync_file
 
 MANIFEST = "MANIFEST.json"
 TRAINER_STATE = "trainer_state.pt"
+DISTRIBUTED = "distributed"
+"""The torch.distributed.checkpoint directory inside a checkpoint (sharded learner state)."""
 CKPT_RE = re.compile(r"^step_(\d{7})$")
 _CHUNK = 1 << 20
 
@@ -113,33 +122,33 @@ def clean_leftovers(ckpt_dir: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def save_checkpoint(
-    ckpt_dir: Path,
-    step: int,
-    save_model: Callable[[Path], None],
-    state: dict[str, Any],
-    keep: int = 3,
-) -> Path:
-    """Write checkpoint `step` and keep the newest `keep` (0 = keep all); returns `ckpt_dir/step_NNNNNNN`.
-
-    `save_model(dir)` writes the model into `dir` (e.g. `model.save_pretrained(dir)`), so the
-    checkpoint loads with transformers alone; `state` goes to trainer_state.pt via torch.save.
-    Saving a step that already exists (a resumed run redoing it) replaces that checkpoint.
-    """
-    import torch  # here, not at module top: reading metrics must not pay for importing torch
-
+def _check_keep(keep) -> None:
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
         raise ValueError(f"keep must be an int >= 0 (0 = keep all), got {keep!r}")
+
+
+def tmp_checkpoint_dir(ckpt_dir: Path, step: int) -> Path:
+    """Where checkpoint `step` is written before it is renamed into place."""
+    return Path(ckpt_dir) / f".tmp-{ckpt_name(step)}"
+
+
+def begin_checkpoint(ckpt_dir: Path, step: int) -> Path:
+    """Clear leftovers and create the empty temporary directory of checkpoint `step`."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     clean_leftovers(ckpt_dir)
-    final = ckpt_dir / ckpt_name(step)
-    tmp = ckpt_dir / f".tmp-{final.name}"
+    tmp = tmp_checkpoint_dir(ckpt_dir, step)
     tmp.mkdir()
+    return tmp
 
-    save_model(tmp)
-    torch.save(state, tmp / TRAINER_STATE)
 
+def finish_checkpoint(ckpt_dir: Path, step: int, keep: int = 3) -> Path:
+    """Hash every file written into the temporary directory into MANIFEST.json, rename it into
+    place (replacing an existing `step`), and keep the newest `keep` (0 = all)."""
+    _check_keep(keep)
+    ckpt_dir = Path(ckpt_dir)
+    final = ckpt_dir / ckpt_name(step)
+    tmp = tmp_checkpoint_dir(ckpt_dir, step)
     files = []
     for p in sorted(q for q in tmp.rglob("*") if q.is_file()):
         rel = p.relative_to(tmp).as_posix()
@@ -163,6 +172,28 @@ def save_checkpoint(
         for old in list_checkpoints(ckpt_dir)[:-keep]:
             _trash(old)
     return final
+
+
+def save_checkpoint(
+    ckpt_dir: Path,
+    step: int,
+    save_model: Callable[[Path], None],
+    state: dict[str, Any],
+    keep: int = 3,
+) -> Path:
+    """Write checkpoint `step` and keep the newest `keep` (0 = keep all); returns `ckpt_dir/step_NNNNNNN`.
+
+    `save_model(dir)` writes the model into `dir` (e.g. `model.save_pretrained(dir)`), so the
+    checkpoint loads with transformers alone; `state` goes to trainer_state.pt via torch.save.
+    Saving a step that already exists (a resumed run redoing it) replaces that checkpoint.
+    """
+    import torch  # here, not at module top: reading metrics must not pay for importing torch
+
+    _check_keep(keep)
+    tmp = begin_checkpoint(ckpt_dir, step)
+    save_model(tmp)
+    torch.save(state, tmp / TRAINER_STATE)
+    return finish_checkpoint(ckpt_dir, step, keep)
 
 
 def verify_checkpoint(path: Path, hashes: bool = True) -> None:
@@ -219,11 +250,35 @@ def latest_checkpoint(ckpt_dir: Path, verify: bool = True) -> Path | None:
     return newest
 
 
-def load_trainer_state(path: Path) -> dict[str, Any]:
-    """The `state` dict given to `save_checkpoint` (tensors on CPU)."""
+def load_trainer_state(path: Path, trainable: bool = True) -> dict[str, Any]:
+    """The `state` dict given to `save_checkpoint` (tensors on CPU). For a checkpoint with a
+    distributed part, `state["trainable"]` (with trainable=True) holds its trainable weights
+    read back whole, name -> tensor, whatever number of ranks wrote them."""
     import torch
 
     # weights_only=False: the state holds Python RNG state, numpy arrays and curriculum records,
     # which the safe unpickler rejects; the file is our own, written by save_checkpoint and
     # covered by the manifest's hash, so full unpickling is acceptable here.
-    return torch.load(Path(path) / TRAINER_STATE, map_location="cpu", weights_only=False)
+    state = torch.load(Path(path) / TRAINER_STATE, map_location="cpu", weights_only=False)
+    if trainable and "trainable" not in state and (Path(path) / DISTRIBUTED).is_dir():
+        state["trainable"] = read_distributed(Path(path) / DISTRIBUTED, "model.")
+    return state
+
+
+def read_distributed(dcp_dir: Path, prefix: str) -> dict[str, Any]:
+    """The tensors under `prefix` (e.g. "model.") of a torch.distributed.checkpoint directory,
+    whole and on the CPU, in one process (no process group), keyed without the prefix."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    meta = dcp.FileSystemReader(str(dcp_dir)).read_metadata().state_dict_metadata
+    target = {
+        key: torch.empty(tuple(m.size), dtype=m.properties.dtype)
+        for key, m in meta.items()
+        if key.startswith(prefix) and isinstance(m, TensorStorageMetadata)
+    }
+    # The flat keys DCP stores ("model.<name>") load into a nested {"model": {<name>: t}}.
+    nested = {prefix.rstrip("."): {k[len(prefix) :]: t for k, t in target.items()}}
+    dcp.load(nested, checkpoint_id=str(dcp_dir), no_dist=True)
+    return nested[prefix.rstrip(".")]

@@ -30,7 +30,10 @@ import torch
 import torch.distributed as dist
 
 from gapray.algos.dpo import dpo_objective, sft_loss
+from gapray.algos.schedule import check_schedule, lr_at
 from gapray.models.base import guidance
+from gapray.workers import fsdp
+from gapray.workers.fsdp import SHARDINGS, resolve_compute_dtype
 from gapray.workers.model_worker import load_adapter
 from gapray.workers.sync import bucket_bytes, pack_buckets, trainable_tensors
 
@@ -64,6 +67,25 @@ class LogprobSettings:
         return cls(cfg_scale=guidance(scale), temperature=generation_cfg.temperature)
 
 
+def check_learner_settings(cfg) -> None:
+    """The learner.* scale settings, refused with the field's name (config_checks runs the same
+    rules before any actor starts)."""
+    if cfg.sharding not in SHARDINGS:
+        raise ValueError(f"learner.sharding must be one of {', '.join(SHARDINGS)}, got {cfg.sharding!r}")
+    if cfg.compute_dtype not in ("auto", "float32", "bfloat16"):
+        raise ValueError(
+            f"learner.compute_dtype must be auto, float32 or bfloat16, got {cfg.compute_dtype!r}"
+        )
+    check_schedule(cfg.lr_schedule, cfg.warmup_updates, cfg.decay_updates, cfg.min_lr_ratio)
+
+
+def _fp32(model_cfg):
+    """model_cfg with dtype float32: the learner's master weights."""
+    import dataclasses
+
+    return dataclasses.replace(model_cfg, dtype="float32")
+
+
 def learner_device(rank: int) -> str:
     """The device a rank computes on: under Ray each rank sees only its own GPU (cuda:0); ranks
     started side by side on one host (tests) take one GPU each."""
@@ -93,12 +115,18 @@ class LearnerWorker:
         self.cfg = learner_cfg
         self.logprobs = logprobs
         self.device = learner_device(rank)
-        if world_size > 1:
+        if world_size > 1 and not dist.is_initialized():
             backend = "nccl" if self.device.startswith("cuda") else "gloo"
             dist.init_process_group(backend, init_method=f"tcp://{master}", rank=rank, world_size=world_size)
-        # .to: the tiny model is built in code on the CPU; checkpoints load onto the device.
-        self.policy = load_adapter(model_cfg, self.device)
-        self.policy.model.to(self.device)
+        check_learner_settings(learner_cfg)
+        self.model_cfg = model_cfg
+        self.compute_dtype = resolve_compute_dtype(learner_cfg.compute_dtype, self.device)
+        # fp32 master weights whatever model.dtype (the generation and reward workers' dtype):
+        # AdamW on bf16 weights loses updates below bf16's resolution. Loaded on the CPU under
+        # FSDP (fully_shard moves each unit's shard to the device), else onto the device.
+        self.sharded = world_size > 1 and learner_cfg.sharding == "fsdp"
+        load_on = "cpu" if self.sharded else self.device
+        self.policy = load_adapter(_fp32(model_cfg), load_on)
         self.policy.set_trainable(
             model_cfg.trainable, lora_rank=model_cfg.lora_rank, lora_alpha=model_cfg.lora_alpha
         )
@@ -107,11 +135,18 @@ class LearnerWorker:
         if learner_cfg.reference == "none" and learner_cfg.algorithm == "dpo":
             raise ValueError("learner.reference=none: learner.algorithm=dpo needs a reference ('initial')")
         if learner_cfg.reference == "initial" and model_cfg.trainable != "lora":
-            # A frozen copy of the initial weights; under LoRA the reference is the same model
-            # with its adapters disabled, so no second copy is held.
-            self.reference = load_adapter(model_cfg, self.device)
-            self.reference.model.to(self.device).requires_grad_(False)
-        self.params = list(self.policy.trainable_parameters().values())
+            # A frozen copy of the initial trainable weights sharing every frozen tensor with
+            # the policy; under LoRA the reference is the same model with its adapters disabled,
+            # so no second copy is held.
+            self.reference = self.policy.frozen_copy()
+        self.mesh = fsdp.make_mesh(world_size, self.device) if self.sharded else None
+        fsdp.prepare_policy(
+            self.policy, self.device, self.mesh, self.compute_dtype, learner_cfg.activation_checkpointing
+        )
+        if self.reference is not None:
+            fsdp.prepare_reference(self.reference, self.policy, self.device, self.mesh, self.compute_dtype)
+        self.named_params = self.policy.trainable_parameters()  # fp32 masters (sharded under FSDP)
+        self.params = list(self.named_params.values())
         self.optimizer = torch.optim.AdamW(
             self.params,
             lr=learner_cfg.lr,
@@ -119,20 +154,29 @@ class LearnerWorker:
             weight_decay=learner_cfg.weight_decay,
         )
         self.version = 0
+        self.updates = 0  # optimizer updates applied so far (the LR schedule's clock)
         self.bad_steps_in_a_row = 0
 
     def ready(self) -> dict:
         n_train = sum(p.numel() for p in self.params)
         from gapray.placement import actor_location
 
-        return {**actor_location(), "rank": self.rank, "trainable_params": n_train, "device": self.device}
+        return {
+            **actor_location(),
+            "rank": self.rank,
+            "trainable_params": n_train,
+            "device": self.device,
+            "sharding": "fsdp" if self.sharded else "none",
+            "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
+        }
 
     # ------------------------------------------------------------------------------ log-probs
     def _autocast(self):
-        # fp32 master weights, bf16 compute on GPU
-        if self.device.startswith("cuda") and self.policy.model.dtype == torch.float32:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """fp32 master weights, compute in learner.compute_dtype: under FSDP the mixed-precision
+        policy casts each unit as it is gathered; unsharded, torch.autocast does."""
+        if self.sharded or self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.split(":")[0], dtype=self.compute_dtype)
 
     def _logps(self, adapter, prompts: list[str], tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed (N,) and per-token (N, T) log-probs under the configured distribution."""
@@ -189,16 +233,25 @@ class LearnerWorker:
         self.optimizer.zero_grad(set_to_none=False)
         sums: dict[str, float] = {}
         mb = self.cfg.micro_batch_size
-        for start in range(0, len(mine), mb):
-            rows = mine[start : start + mb]
-            prompts = [batch["prompts"][i] for i in rows]
+        # Under FSDP every forward/backward is a collective (all-gather, reduce-scatter), so
+        # every rank runs as many micro-batches as the rank with the most rows (rank 0); a rank
+        # short of rows runs the update's first row with weight 0 (exact zero gradients).
+        most = -(-len(chunk) // self.world_size)
+        n_micro = -(-most // mb) if self.sharded else -(-len(mine) // mb)
+        for i in range(n_micro):
+            rows = mine[i * mb : (i + 1) * mb]
+            weight = len(rows) / len(chunk)  # this micro-batch's share of the update's mean
+            if not rows:
+                rows = [chunk[0]]
+            prompts = [batch["prompts"][r] for r in rows]
             if self.cfg.algorithm == "dpo":
                 loss, metrics = self._dpo_loss(prompts, batch["chosen"][rows], batch["rejected"][rows])
             else:
                 loss, metrics = self._sft_loss(prompts, batch[key][rows])
-            (loss * (len(rows) / len(chunk))).backward()  # this micro-batch's share of the step mean
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v * len(rows)
+            (loss * weight).backward()
+            if weight > 0:
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(rows)
         return self._finish_step(sums, len(chunk))
 
     def _dpo_loss(self, prompts, chosen: np.ndarray, rejected: np.ndarray):
@@ -235,17 +288,18 @@ class LearnerWorker:
         # One vector, reduced in one call, on this rank's device (NCCL takes no CPU tensors):
         # (1 + M + P,) = [bad flag, M metric sums, for each of the P trainable parameters whether
         # this rank's rows reached it]. Every branch below is then taken alike on every rank.
-        grads = [p.grad for p in self.params if p.grad is not None]
+        # Under FSDP the gradients are already reduce-scattered: each rank checks its shards
+        # and no reach flags are needed.
+        grads = [fsdp.local(p.grad) for p in self.params if p.grad is not None]
         bad_grad = torch.stack([~torch.isfinite(g).all() for g in grads]).any() if grads else False
         bad_metric = not all(np.isfinite(v) for v in sums.values())
+        reach = [] if self.sharded else [float(p.grad is not None) for p in self.params]
         flags = torch.cat(
             [
                 torch.tensor([float(bad_metric)], dtype=torch.float64, device=self.device)
                 + torch.as_tensor(bad_grad, device=self.device).double(),
                 torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.device),
-                torch.tensor(
-                    [float(p.grad is not None) for p in self.params], dtype=torch.float64, device=self.device
-                ),
+                torch.tensor(reach, dtype=torch.float64, device=self.device),
             ]
         )
         if self.world_size > 1:
@@ -260,12 +314,22 @@ class LearnerWorker:
             self.bad_steps_in_a_row += 1
             return {"skipped": 1.0}
         self.bad_steps_in_a_row = 0
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.sharded:
             reached = flags[1 + len(names) :] > 0
             self._all_reduce_grads([p for p, r in zip(self.params, reached.tolist(), strict=True) if r])
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        grad_norm = fsdp.clip_grad_norm(self.params, self.cfg.max_grad_norm)
+        lr = self.lr_now()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
-        return {**metrics, "grad_norm": float(grad_norm), "skipped": 0.0}
+        self.updates += 1
+        return {**metrics, "grad_norm": float(grad_norm), "lr": lr, "skipped": 0.0}
+
+    def lr_now(self) -> float:
+        """The learning rate of the next optimizer update (learner.lr_schedule, warmup_updates,
+        decay_updates, min_lr_ratio; counted in optimizer updates over the whole run)."""
+        c = self.cfg
+        return lr_at(self.updates, c.lr, c.lr_schedule, c.warmup_updates, c.decay_updates, c.min_lr_ratio)
 
     def _all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum the gradients of `params` (those some rank's rows reached; the same list on every
@@ -293,33 +357,124 @@ class LearnerWorker:
         return [ray.put(b) for b in buckets], bucket_bytes(buckets)
 
     def save_checkpoint(self, run_root: str, step: int, extra_state: dict, keep: int) -> str:
-        from gapray.storage import RunDir
+        """Every rank calls this (a collective). The trainable weights and the AdamW state go to
+        `distributed/` with torch.distributed.checkpoint, each rank writing its own shards (the
+        optimizer is never gathered); the model part, gathered once for it, is written by rank 0
+        in `save_pretrained` form; rank 0 writes trainer_state.pt (version, update count, RNG,
+        the driver's extra state) and the manifest. Needs a filesystem every rank shares."""
+        import torch.distributed.checkpoint as dcp
 
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "trainable": trainable_tensors(self.policy.model),
-            "learner_version": self.version,
-            "torch_rng": torch.get_rng_state(),
-            **extra_state,
+        from gapray.storage import RunDir
+        from gapray.storage import checkpoints as ck
+
+        ckpt_dir = RunDir(run_root).checkpoint_dir
+        tmp = ck.tmp_checkpoint_dir(ckpt_dir, step)
+        if self.rank == 0:
+            ck.begin_checkpoint(ckpt_dir, step)
+        fsdp.barrier(self.world_size)
+        dcp.save(self._dcp_state(), checkpoint_id=str(tmp / ck.DISTRIBUTED))
+        full = {n: fsdp.full_tensor(p.detach()).to("cpu") for n, p in self.named_params.items()}
+        final = ""
+        if self.rank == 0:
+            self._save_model(tmp, full)
+            state = {
+                "learner_version": self.version,
+                "learner_updates": self.updates,
+                "learner_ranks": self.world_size,
+                "torch_rng": torch.get_rng_state(),
+                **extra_state,
+            }
+            torch.save(state, tmp / ck.TRAINER_STATE)
+            final = str(ck.finish_checkpoint(ckpt_dir, step, keep))
+        fsdp.barrier(self.world_size)
+        return final
+
+    def _dcp_state(self) -> dict:
+        """{"model": the trainable weights, "optim": AdamW state}, keyed by parameter name
+        (DTensor shards under FSDP), so a checkpoint loads on any number of ranks."""
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return {
+            "model": dict(self.named_params),
+            "optim": get_optimizer_state_dict(self.policy.model, self.optimizer),
         }
-        return str(RunDir(run_root).save_checkpoint(step, self.policy.save_pretrained, state, keep=keep))
+
+    def _save_model(self, path, full: dict[str, torch.Tensor]) -> None:
+        """The policy in save_pretrained form. Sharded, rank 0 writes it from a plain fp32 copy
+        of the initial model on the CPU with the gathered trainable weights copied in (so the
+        frozen parts are the checkpoint's own, not their compute-dtype copies)."""
+        if not self.sharded:
+            self.policy.save_pretrained(path)
+            return
+        plain = load_adapter(_fp32(self.model_cfg), "cpu")
+        m = self.model_cfg
+        plain.set_trainable(m.trainable, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha)
+        params = plain.trainable_parameters()
+        with torch.no_grad():
+            for name, t in full.items():
+                params[name].copy_(t)
+        plain.save_pretrained(path)
 
     def load_checkpoint(self, path: str) -> dict:
-        """Restore trainable weights, optimizer and version; returns the driver's extra state."""
-        from gapray.storage.checkpoints import load_trainer_state
+        """Restore trainable weights, optimizer, version and update count (every rank calls
+        it); returns the driver's extra state. A checkpoint written by any number of ranks
+        loads on any number (torch.distributed.checkpoint reshards); one without a
+        distributed part (written before it existed) loads unsharded."""
+        from pathlib import Path
 
-        state = load_trainer_state(path)
-        params = dict(self.policy.model.named_parameters())
-        missing = [n for n in state["trainable"] if n not in params]
+        from gapray.storage import checkpoints as ck
+
+        state = ck.load_trainer_state(path, trainable=False)
+        dcp_dir = Path(path) / ck.DISTRIBUTED
+        if dcp_dir.is_dir():
+            self._load_dcp(dcp_dir, path)
+        else:
+            self._load_legacy(state, path)
+        self.version = state["learner_version"]
+        self.updates = int(state.get("learner_updates", state.get("optimizer_updates", 0)))
+        torch.set_rng_state(state["torch_rng"])
+        skip = ("optimizer", "trainable", "torch_rng", "learner_updates", "learner_ranks")
+        return {k: v for k, v in state.items() if k not in skip}
+
+    def _load_dcp(self, dcp_dir, path: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        meta = dcp.FileSystemReader(str(dcp_dir)).read_metadata().state_dict_metadata
+        saved = {k[len("model.") :] for k in meta if k.startswith("model.")}
+        if saved != set(self.named_params):
+            unknown = sorted(saved - set(self.named_params)) or sorted(set(self.named_params) - saved)
+            raise ValueError(
+                f"checkpoint {path}: its trainable tensors are not this learner's "
+                f"(model.trainable / LoRA settings differ?), e.g. {unknown[0]}"
+            )
+        with_state = {n for n in self.named_params if f"optim.state.{n}.exp_avg" in meta}
+        target = self._dcp_state()  # the weights load in place; initialises the AdamW state
+        dcp.load(target, checkpoint_id=str(dcp_dir), planner=_partial_load_planner())
+        set_optimizer_state_dict(self.policy.model, self.optimizer, target["optim"])
+        for name, p in self.named_params.items():  # no state saved: AdamW starts it afresh, as then
+            if name not in with_state:
+                self.optimizer.state.pop(p, None)
+
+    def _load_legacy(self, state: dict, path: str) -> None:
+        if self.sharded:
+            raise ValueError(
+                f"checkpoint {path}: has no distributed part; resume it with learner.num_ranks=1"
+            )
+        missing = [n for n in state["trainable"] if n not in self.named_params]
         if missing:
             raise ValueError(f"checkpoint {path}: trainable tensors unknown to this model, e.g. {missing[0]}")
-        with torch.no_grad():
-            for name, t in state["trainable"].items():
-                params[name].copy_(t)
+        for name, t in state["trainable"].items():
+            fsdp.copy_full_(self.named_params[name], t)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.version = state["learner_version"]
-        torch.set_rng_state(state["torch_rng"])
-        return {k: v for k, v in state.items() if k not in ("optimizer", "trainable", "torch_rng")}
+
+
+def _partial_load_planner():
+    """Load what the checkpoint has: AdamW state exists only for parameters that have had a
+    gradient, which the freshly initialised target holds for all (the rest is dropped after)."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    return DefaultLoadPlanner(allow_partial_load=True)
 
 
 def _grad_buckets(params: list[torch.nn.Parameter], limit: int) -> list[list[torch.nn.Parameter]]:
@@ -364,9 +519,11 @@ class LearnerGroup:
         return ray.get(self.actors[0].export_weights.remote(bucket_mb))
 
     def save_checkpoint(self, run_root: str, step: int, extra_state: dict, keep: int) -> str:
+        """Every rank writes its shards (torch.distributed.checkpoint); rank 0's path."""
         import ray
 
-        return ray.get(self.actors[0].save_checkpoint.remote(run_root, step, extra_state, keep))
+        paths = ray.get([a.save_checkpoint.remote(run_root, step, extra_state, keep) for a in self.actors])
+        return paths[0]
 
     def load_checkpoint(self, path: str) -> dict:
         import ray

@@ -31,7 +31,7 @@ LAYER = "model.language_model.layers.0.self_attn.q_proj"
 
 def _export(exporter, model, bucket_mb=0.05, full=False):
     items = list(exporter.export(model, bucket_mb, full=full))
-    return items[0], items[1:]
+    return items[0], [b.tensors() for b in items[1:]]
 
 
 def test_only_changed_tensors_travel_and_the_first_export_is_full():
@@ -56,7 +56,7 @@ def test_a_lora_pair_travels_whole_and_is_never_split_across_buckets():
     learner = tiny_janus(seed=0)
     learner.set_trainable("lora", lora_rank=4, lora_alpha=8)
     ex = WeightExporter()
-    manifest, buckets = _export(ex, learner.model, bucket_mb=0.001)  # 1 KiB: a pair is 1.5-2 KiB
+    _, buckets = _export(ex, learner.model, bucket_mb=0.001)  # 1 KiB: a pair is 1.5-2 KiB
     for b in buckets:  # every A sits beside its B
         prefixes = [n.split(".lora_")[0] for n in b]
         assert all(prefixes.count(p) == 2 for p in prefixes), list(b)
@@ -113,12 +113,13 @@ def _lazy_buckets(model: torch.nn.Module):
 def test_receiver_peak_extra_memory_is_one_bucket_not_the_model():
     model = Wide()
     bucket = 4 * 2**20
-    mem = PeakMemory()
-    mem.start()
-    for b in _lazy_buckets(model):  # bucket by bucket: each let go once applied
-        apply_update(model, b)
-        del b
-    streamed = mem.stop()
+    mem = PeakMemory(trim=True)
+    for _ in range(2):  # the first pass also pays one-time allocations (kernels, allocator arenas)
+        mem.start()
+        for b in _lazy_buckets(model):  # bucket by bucket: each let go once applied
+            apply_update(model, b)
+            del b
+        streamed = mem.stop()
     mem.start()
     whole = {k: v for b in list(_lazy_buckets(model)) for k, v in b.items()}  # the old way
     apply_update(model, whole)
@@ -164,11 +165,11 @@ def test_a_sharded_learner_exports_whole_tensors_and_only_what_changed(tmp_path)
     out = str(tmp_path / "export.pt")
     mp.start_processes(_sharded_rank, args=(2, _free_port(), out), nprocs=2, start_method="fork")
     got = torch.load(out, weights_only=False)
-    manifest, buckets = got["first"][0], got["first"][1:]
+    manifest, buckets = got["first"][0], [b.tensors() for b in got["first"][1:]]
     assert manifest.full and manifest.names == list(got["reference"])
     sent = {k: v for b in buckets for k, v in b.items()}
     assert all(torch.equal(sent[n], t) for n, t in got["reference"].items())  # gathered whole
     assert len(buckets) > 1  # 1e-4 MiB buckets: each tensor in its own
-    manifest, buckets = got["second"][0], got["second"][1:]
+    manifest, buckets = got["second"][0], [b.tensors() for b in got["second"][1:]]
     assert manifest.names == ["1.bias"]
     torch.testing.assert_close(buckets[0]["1.bias"], got["reference"]["1.bias"] + 1.0)

@@ -7,7 +7,8 @@ the same batches with the same code; only how a stage reaches its worker differs
 
     pooled      the real Ray roles of `gapray run` (`build_roles`): actors in placement groups,
                 rows and batches through Ray calls, weights through the object store
-                (`WeightSync`). Evaluations and checkpoints are left out.
+                (`WeightSync`: changed tensors only, streamed bucket by bucket). Evaluations
+                and checkpoints are left out.
     sequential  one process, no Ray: the same GenerationWorker, RewardWorker and LearnerWorker
                 classes called in-process, one after another; the "sync" is a plain in-memory
                 copy of the learner's trainable tensors into the generation (and a following
@@ -211,6 +212,31 @@ def summarize(rows: list[dict]) -> dict:
         "images": images,
         "pairs": pairs,
         "syncs": len(synced),
+        "sync_detail": sync_detail(synced),
+    }
+
+
+SYNC_PARTS = {
+    "sync_manifest_ms": "manifest in hand (the learner compared what changed)",
+    "sync_export_ms": "last bucket's ref in hand (gathered and put)",
+    "sync_apply_ms": "slowest worker's own time, manifest to last bucket applied",
+    "sync_ms": "whole push, to the last acknowledgement",
+}
+
+
+def sync_detail(synced: list[dict]) -> dict:
+    """The pooled push, part by part (means over the syncs), the tensors and buckets it sent,
+    and the receivers' peak extra memory against the largest bucket (the worst sync)."""
+    if not synced or "sync_export_ms" not in synced[0]:
+        return {}
+    mean = {k: sum(r[k] for r in synced) / len(synced) for k in SYNC_PARTS}
+    peaks = [r["sync_receiver_peak_extra_mb"] for r in synced if "sync_receiver_peak_extra_mb" in r]
+    return {
+        **mean,
+        "tensors": sum(r["sync_tensors"] for r in synced) / len(synced),
+        "buckets": sum(r["sync_buckets"] for r in synced) / len(synced),
+        "largest_bucket_mb": max(r["sync_bucket_max_mb"] for r in synced),
+        "receiver_peak_extra_mb": max(peaks) if peaks else None,
     }
 
 
@@ -302,6 +328,18 @@ def markdown(res: dict) -> str:
     for k, label in labels.items():
         ratio = "same" if k == "sync_mb" else _x(q.get(k))
         lines.append(f"| {label} | {_f(p['throughput'][k])} | {_f(s['throughput'][k])} | {ratio} |")
+    d = p.get("sync_detail") or {}
+    if d:
+        lines += ["", "| pooled sync, part by part (mean over syncs) | ms |", "|---|---:|"]
+        lines += [f"| {label} | {_f(d[k])} |" for k, label in SYNC_PARTS.items()]
+        peak, bucket = d["receiver_peak_extra_mb"], d["largest_bucket_mb"]
+        within = "n/a" if peak is None else ("yes" if peak <= bucket else "NO")
+        lines += [
+            "",
+            f"Pooled sync: {d['tensors']:g} tensors in {d['buckets']:g} bucket(s) per sync; receivers' peak "
+            f"extra memory during a sync {_f(peak)} MiB (kernel peak-RSS mark, worst sync and worker), "
+            f"largest bucket {_f(bucket)} MiB: within one bucket: {within}.",
+        ]
     lines += [
         "",
         f"Setup (not timed in the table): pooled {p['setup_s']:.1f} s (Ray start, actors, model loads), "

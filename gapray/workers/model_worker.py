@@ -16,6 +16,7 @@ from gapray.workers.sync import (
     LoraMergeState,
     SyncAck,
     SyncManifest,
+    as_tensors,
     check_manifest,
     check_update,
 )
@@ -77,10 +78,11 @@ class ModelWorker:
             self.model.model, manifest, lora_scaling=self.lora_scaling, merge_state=self.merge_state
         )
 
-    def apply_bucket(self, version: int, bucket: dict) -> SyncAck | None:
+    def apply_bucket(self, version: int, bucket) -> SyncAck | None:
         """Copy one bucket in place (checked first: a refused bucket changes nothing); the ack
         after the manifest's last. A failure after an earlier bucket of the update went in
         leaves the worker TORN (it holds part of the update) until a replay."""
+        bucket = as_tensors(bucket)  # a FlatBucket's: views of the object store's buffer
         self.receiver.expect(version, bucket)
         try:
             self._apply(bucket)

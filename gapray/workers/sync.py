@@ -250,6 +250,50 @@ class SyncManifest:
         return max((sum(t.nbytes for t in b) for b in self.buckets), default=0)
 
 
+ALIGN = 64  # byte offset of each tensor in a FlatBucket (any dtype's view is aligned)
+
+
+@dataclass
+class FlatBucket:
+    """One bucket on the wire: its tensors' specs and all their bytes in one flat uint8 array.
+    A numpy array travels through Ray's object store without a copy on the way out (the
+    receiver's `tensors()` are read-only views of the store's buffer), so a bucket costs the
+    receiver one copy: into its own parameters."""
+
+    specs: tuple[TensorSpec, ...]
+    data: object  # numpy uint8 array
+
+    @staticmethod
+    def layout(specs) -> tuple[list[int], int]:
+        """(byte offset of each tensor, total bytes)."""
+        offsets, size = [], 0
+        for t in specs:
+            offsets.append(size)
+            size += -(-t.nbytes // ALIGN) * ALIGN
+        return offsets, size
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.specs]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """name -> tensor, views of `data` (read-only where data is the object store's)."""
+        import warnings
+
+        offsets, _ = self.layout(self.specs)
+        with warnings.catch_warnings():  # a read-only buffer: the views are only read
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.from_numpy(self.data)
+        return {
+            t.name: flat[o : o + t.nbytes].view(t.torch_dtype).view(t.shape)
+            for t, o in zip(self.specs, offsets, strict=True)
+        }
+
+
+def as_tensors(bucket: FlatBucket | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return bucket.tensors() if isinstance(bucket, FlatBucket) else bucket
+
+
 def _is_dtensor(p: torch.Tensor) -> bool:
     try:
         from torch.distributed.tensor import DTensor
@@ -347,28 +391,28 @@ class WeightExporter:
 
     def export(
         self, model: torch.nn.Module, bucket_mb: float, *, emit: bool = True, full: bool = False
-    ) -> Iterator[SyncManifest | dict[str, torch.Tensor]]:
-        """Yield the manifest, then each bucket (name -> CPU tensor) as soon as it is gathered.
+    ) -> Iterator[SyncManifest | FlatBucket]:
+        """Yield the manifest, then each bucket (a FlatBucket) as soon as it is gathered.
         Every rank of a sharded learner must run this to the end in step (each DTensor's
         full_tensor() is a collective); only the rank with `emit` yields anything."""
         manifest, groups = self.plan(model, bucket_mb, full)
         if emit:
             yield manifest
-        for group in groups:
-            bucket: dict[str, torch.Tensor] = {}
-            for name, p in group:
+        for group, specs in zip(groups, manifest.buckets, strict=True):
+            offsets, size = FlatBucket.layout(specs)
+            flat = torch.empty(size, dtype=torch.uint8)
+            for (name, p), spec, off in zip(group, specs, offsets, strict=True):
+                view = flat[off : off + spec.nbytes].view(spec.torch_dtype).view(spec.shape)
                 if _is_dtensor(p):
-                    whole = p.full_tensor().detach()  # collective: every rank, same order
+                    view.copy_(p.full_tensor().detach())  # collective: every rank, same order
                     self.sent[name] = _local(p).to("cpu", copy=True)
-                    if emit:
-                        bucket[name] = whole.to("cpu")  # a fresh tensor: no second copy
                 else:
-                    # One copy serves both: the value sent, never modified in place, and what the
-                    # next export compares against.
-                    self.sent[name] = p.detach().to("cpu", copy=True)
-                    bucket[name] = self.sent[name]
+                    # One copy serves both: the value sent (never changed in place) and what
+                    # the next export compares against.
+                    view.copy_(p.detach())
+                    self.sent[name] = view
             if emit:
-                yield bucket
+                yield FlatBucket(specs, flat.numpy())
 
 
 class ExportStream:
@@ -380,11 +424,16 @@ class ExportStream:
         self.first, self.others = first, others
 
     def __iter__(self):
-        return iter(self.first)
+        return self.first
 
     def finish(self) -> None:
+        """Wait for every rank's export to end; raises a rank's error, or if rank 0 yields more
+        than its manifest said."""
         import ray
 
+        for ref in self.first:
+            ray.get(ref)
+            raise RuntimeError("weight export: rank 0 yielded more buckets than its manifest lists")
         for gen in self.others:
             for ref in gen:
                 ray.get(ref)
@@ -420,15 +469,32 @@ def _peak_rss_bytes() -> int | None:
     return None
 
 
+def _malloc_trim() -> None:
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc
+            ctypes.CDLL(name).malloc_trim(0)
+
+
 class PeakMemory:
     """The peak extra resident memory of this process between `start()` and `stop()`, from the
     kernel's own peak-RSS mark (VmHWM, reset at start): every allocation counts, torch's and
     the object store's pages this process maps alike. None where /proc does not offer it."""
 
-    def __init__(self):
+    def __init__(self, trim: bool = False):
         self.base: int | None = None
+        self.trim = trim
+        """Hand the allocator's free memory back to the OS first (glibc's malloc_trim), so memory
+        freed earlier and reused does not hide what the interval allocates (a test's measure;
+        a worker's counts only what the sync adds to the process's footprint)."""
 
     def start(self) -> None:
+        if self.trim:
+            _malloc_trim()
         self.base = _rss_bytes() if _reset_peak_rss() else None
 
     def stop(self) -> int | None:
@@ -573,6 +639,9 @@ class SyncStats:
     trainable: int = 0  # trainable tensors the learner holds
     largest_bucket_bytes: int = 0
     peak_extra_bytes: int | None = None  # the largest receiver's PeakMemory over this sync
+    manifest_s: float = 0.0  # from the start until the manifest was in hand (the learner compared)
+    export_s: float = 0.0  # ... until the last bucket's ref was (the learner gathered and put)
+    apply_s: float = 0.0  # the slowest worker's own time, from the manifest to its last bucket
 
     def as_metrics(self) -> dict[str, float]:
         out = {
@@ -582,6 +651,9 @@ class SyncStats:
             "sync_nodes": float(self.nodes),
             "sync_tensors": float(self.tensors),
             "sync_bucket_max_mb": self.largest_bucket_bytes / 2**20,
+            "sync_manifest_ms": 1000 * self.manifest_s,
+            "sync_export_ms": 1000 * self.export_s,
+            "sync_apply_ms": 1000 * self.apply_s,
         }
         if self.peak_extra_bytes is not None:
             out["sync_receiver_peak_extra_mb"] = self.peak_extra_bytes / 2**20
@@ -608,19 +680,21 @@ class WeightSync:
         stream = learner_group.export_weights(self.bucket_mb)
         actors = [a for pool in targets for a in pool.actors]
         items = iter(stream)
-        manifest_ref = next(items)
-        calls = [a.begin_update.remote(version, manifest_ref) for a in actors]
+        manifest: SyncManifest = ray.get(next(items))  # small: it travels inline
+        t_manifest = time.perf_counter()
+        calls = [a.begin_update.remote(version, manifest) for a in actors]
         refs = []
-        for ref in items:
+        for _ in manifest.buckets:  # each forwarded as soon as it is in the object store
+            ref = next(items)
             refs.append(ref)
             calls += [a.apply_bucket.remote(version, ref) for a in actors]
-        stream.finish()
-        manifest: SyncManifest = ray.get(manifest_ref)
+        t_exported = time.perf_counter()
         self.ledger.record(version, manifest, refs)
         replay = self.ledger.replay()
         for pool in targets:
             pool.current = (version, replay)
         acks: list[SyncAck] = [r for r in ray.get(calls) if r is not None]
+        stream.finish()
         if len(acks) != len(actors) or any(a.version != version for a in acks):
             raise RuntimeError(
                 f"weight sync: workers report versions {[a.version for a in acks]}, expected {version} "
@@ -641,4 +715,7 @@ class WeightSync:
             trainable=manifest.trainable,
             largest_bucket_bytes=manifest.largest_bucket_bytes,
             peak_extra_bytes=max(peaks) if peaks else None,
+            manifest_s=t_manifest - t0,
+            export_s=t_exported - t0,
+            apply_s=max((a.seconds for a in acks), default=0.0),
         )

@@ -158,6 +158,39 @@ def test_updates_match_transformers(tiny):
         assert torch.allclose(lp, lp_ref, atol=1e-4, rtol=0)
 
 
+def test_partial_buckets_load_in_place_without_the_checkpoint(tiny, monkeypatch):
+    """A streamed push: a full update, then buckets that each hold part of a fused layer (q_proj
+    alone, then k_proj with the final norm). Each loads in place, completed from the engine's own
+    latest tensors: the checkpoint is not read, and samples equal transformers' after each."""
+    path, engine = tiny
+    learner, worker = _hf(path), _hf(path)
+    learner.set_trainable("llm")
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for p in learner.trainable_parameters().values():
+            p.add_(0.05 * torch.randn_like(p))
+    full = trainable_tensors(learner.model)
+    apply_update(worker.model, copy.deepcopy(full))
+    assert engine.load_weights(10, full) == 10
+    reads = []
+    real = engine._checkpoint_tensors
+    monkeypatch.setattr(engine, "_checkpoint_tensors", lambda names: reads.extend(names) or real(names))
+    attn = "model.language_model.layers.0.self_attn."
+    buckets = [
+        {attn + "q_proj.weight": full[attn + "q_proj.weight"] + 0.05},
+        {
+            attn + "k_proj.weight": full[attn + "k_proj.weight"] - 0.05,
+            "model.language_model.norm.weight": full["model.language_model.norm.weight"] * 1.5,
+        },
+    ]
+    for bucket in buckets:
+        apply_update(worker.model, copy.deepcopy(bucket))
+        engine.apply_bucket(bucket)
+        ref = worker.generate(PROMPTS, cfg_scale=3.0, temperature=0.0, seed=SEEDS)
+        assert torch.equal(engine.generate(PROMPTS, SEEDS, cfg_scale=3.0, temperature=0.0), ref)
+    assert [n for n in reads if n in engine._shapes] == []
+
+
 # Last in the file: this test builds a second engine in the process, and when it is freed vLLM
 # tears down its process-wide parallel state, which the module's tiny engine needs.
 @pytest.mark.skipif(not TOY.exists(), reason="no toy checkpoint at gapray/toy/checkpoint")

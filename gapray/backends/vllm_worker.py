@@ -8,17 +8,20 @@ in place, without restarting the engine.
     engine = VllmJanusEngine("/path/to/janus-checkpoint")
     tokens, logprobs = engine.generate(["a red circle"], seeds=[7], cfg_scale=5.0, temperature=1.0)
     engine.load_weights(version=1, tensors={"model.language_model.norm.weight": w, ...})
+    engine.apply_bucket(bucket)    # one bucket of a streamed push, in place (version set by the caller)
 
 Weight updates arrive in transformers' names (what the learner exports, LoRA A/B included; merged as
-`sync.apply_update` merges them). The engine keeps the checkpoint path, the latest value of each
-updated tensor and the LoRA base weights: every
-reload sends the model's complete generation weights (updated tensors, LoRA merged onto the
-checkpoint's base weight, the rest from the checkpoint), because vLLM re-packs each layer after
-loading (fused q/k/v, the CPU GEMM's packed weights) and a layer fed only part of its tensors
-would be re-packed from garbage. Names, shapes and finiteness are checked before anything is
-touched, so a bad update raises `WeightUpdateError` and leaves the engine at its version.
-`snapshot()` / `restore(saved)` undo later updates, for a caller that must keep the engine in
-step with another copy of the model (GenerationWorker's transformers adapter).
+`sync.apply_update` merges them), one bucket at a time, and are loaded in place through vLLM's
+layerwise reload without re-reading the checkpoint. vLLM re-packs each layer after loading (fused
+q/k/v and gate/up, the CPU GEMM's packed weights), so a layer must be fed all of its tensors: for
+each layer a bucket touches, the engine sends the bucket's tensors with the rest of that layer's
+(the latest value it was sent, or, for a tensor never updated, the checkpoint's, read once and
+kept), and only those layers; the others keep their packed weights. Names, shapes and finiteness
+are checked before anything is touched, so a bad bucket raises `WeightUpdateError` and leaves the
+engine as it was; a load that fails part-way puts the bucket's layers back.
+`snapshot()` / `restore(saved)` undo later updates (only the layers that differ are reloaded),
+for a caller that must keep the engine in step with another copy of the model
+(GenerationWorker's transformers adapter).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 import torch
 
 from gapray.models.janus import DEFAULT_GEN_TEMPLATE, gen_prompt_ids
-from gapray.workers.sync import _lora_target
+from gapray.workers.sync import SyncManifest, _lora_target
 
 MAX_RETRIES = 3
 PROMPT_BUDGET = 512
@@ -114,7 +117,8 @@ class VllmJanusEngine:
                     if is_generation_weight(name):
                         self._files[name] = file
                         self._shapes[name] = tuple(f.get_slice(name).get_shape())
-        self._latest: dict[str, torch.Tensor] = {}  # updated tensors, merged, in checkpoint names
+        self._groups = layer_groups(self._shapes)  # name -> every checkpoint name of its vLLM layer
+        self._latest: dict[str, torch.Tensor] = {}  # sent tensors (merged) + layer-mates read once
         self._lora_base: dict[str, torch.Tensor] = {}  # as sync.LoraMergeState.base
         self.max_num_seqs = max_num_seqs
         kwargs = {}
@@ -260,60 +264,128 @@ class VllmJanusEngine:
                 raise WeightUpdateError(f"weight update: LoRA delta for {prefix} is {tuple(delta.shape)}")
             base = self._lora_base.get(name)
             if base is None:  # W0: the weight held when LoRA first arrived
-                base = new_base[name] = self._latest.get(name, self._checkpoint_tensor(name))
+                held = self._latest.get(name)
+                base = new_base[name] = held if held is not None else self._checkpoint_tensor(name)
             plain[name] = (base.float() + delta).to(base.dtype)
         return plain, new_base
 
-    def _checkpoint_tensor(self, name: str) -> torch.Tensor:
+    def check_manifest(self, manifest: SyncManifest) -> None:
+        """Check a push's names and shapes before any bucket arrives; changes nothing."""
+        for spec in (t for b in manifest.buckets for t in b):
+            if _lora_target(spec.name) is not None:
+                continue  # checked (with its pair) as the buckets arrive
+            if spec.name in self._shapes:
+                if spec.shape != self._shapes[spec.name]:
+                    raise WeightUpdateError(
+                        f"weight update: {spec.name} has shape {spec.shape}, the model's is {self._shapes[spec.name]}"
+                    )
+            elif not spec.name.startswith("model.") and not spec.name.startswith("lm_head"):
+                raise WeightUpdateError(f"weight update: the model has no parameter {spec.name!r}")
+
+    def _checkpoint_tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Read `names` from the checkpoint, each file opened once."""
         from safetensors import safe_open
 
-        with safe_open(str(self._files[name]), "pt") as f:
-            return f.get_tensor(name)
+        by_file: dict[Path, list[str]] = {}
+        for n in names:
+            by_file.setdefault(self._files[n], []).append(n)
+        out = {}
+        for file, members in by_file.items():
+            with safe_open(str(file), "pt") as f:
+                for n in members:
+                    out[n] = f.get_tensor(n)
+        return out
 
-    def _full_weights(self, latest: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-        return [(n, latest[n] if n in latest else self._checkpoint_tensor(n)) for n in self._shapes]
+    def _checkpoint_tensor(self, name: str) -> torch.Tensor:
+        return self._checkpoint_tensors([name])[name]
 
-    def _reload(self, latest: dict[str, torch.Tensor]) -> None:
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": self._full_weights(latest)})
+    def _layers_of(self, names) -> list[str]:
+        """Every checkpoint name of each vLLM layer that one of `names` belongs to, in order."""
+        want = {m for n in names for m in self._groups[n]}
+        return [n for n in self._shapes if n in want]
+
+    def _values(self, names: list[str], latest: dict[str, torch.Tensor]) -> tuple[list, dict]:
+        """(name, tensor) for `names` from `latest`, the rest read from the checkpoint (returned
+        too, to keep: never read twice)."""
+        read = self._checkpoint_tensors([n for n in names if n not in latest])
+        return [(n, latest[n] if n in latest else read[n]) for n in names], read
+
+    def _load_layers(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        """In-place reload of just these layers' tensors (complete layers only)."""
+        if weights:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
 
-    def load_weights(self, version: int, tensors: dict[str, torch.Tensor]) -> int:
-        """Load a versioned update in place; returns the version now held. On a refused or failed
-        update the previous weights stay (reloaded if the failure came mid-load) and
-        WeightUpdateError says why."""
+    def apply_bucket(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load one bucket in place: the layers it touches, completed from what the engine holds.
+        The version is the caller's to set. WeightUpdateError on a refused bucket (nothing
+        touched) or a failed load (those layers put back)."""
         full, new_base = self._check_update(tensors)
-        latest = {**self._latest, **full}
+        names = self._layers_of(full)
+        before, read = self._values(names, self._latest)
+        latest = {**self._latest, **read, **full}
         try:
-            self._reload(latest)
+            self._load_layers([(n, latest[n]) for n in names])
         except Exception as err:
             try:
-                self._reload(self._latest)
+                self._load_layers(before)
             except Exception as err2:
                 raise RuntimeError(
-                    f"vLLM engine: reload of version {version} failed ({err}) and "
-                    f"restoring version {self.version} failed too ({err2})"
+                    f"vLLM engine: loading a bucket failed ({err}) and putting its layers back failed too ({err2})"
                 ) from err2
-            raise WeightUpdateError(
-                f"weight update to version {version} failed and was rolled back "
-                f"to version {self.version}: {err}"
-            ) from err
+            raise WeightUpdateError(f"weight update failed and its layers were put back: {err}") from err
         self._latest = latest
         self._lora_base = {**self._lora_base, **new_base}
+
+    def load_weights(self, version: int, tensors: dict[str, torch.Tensor]) -> int:
+        """Load a versioned update (one bucket) in place; returns the version now held. On a
+        refused or failed update the previous weights stay and WeightUpdateError says why."""
+        try:
+            self.apply_bucket(tensors)
+        except WeightUpdateError as err:
+            raise WeightUpdateError(
+                f"weight update to version {version} refused or rolled back; the engine stays at "
+                f"version {self.version}: {err}"
+            ) from err
         self.version = version
         return version
 
     def snapshot(self) -> EngineWeights:
-        """The weights held now, for `restore`."""
+        """The weights held now, for `restore` (references: tensors are never changed in place)."""
         return EngineWeights(self.version, dict(self._latest), dict(self._lora_base))
 
     def restore(self, saved: EngineWeights) -> None:
-        """Go back to the weights of `saved` (undoing the updates loaded since): reloads them,
-        and the version becomes saved.version. RuntimeError if the reload fails."""
+        """Go back to the weights of `saved` (undoing the updates loaded since): reloads the layers
+        whose tensors differ, and the version becomes saved.version. RuntimeError if that fails."""
+        differ = [n for n, t in self._latest.items() if saved.latest.get(n) is not t]
+        names = self._layers_of(differ)
         try:
-            self._reload(saved.latest)
+            weights, _ = self._values(names, saved.latest)
+            self._load_layers(weights)
         except Exception as err:
             raise RuntimeError(
                 f"vLLM engine: restoring version {saved.version} (from {self.version}) failed: {err}"
             ) from err
         self._latest, self._lora_base = dict(saved.latest), dict(saved.lora_base)
         self.version = saved.version
+
+
+FUSED = {".q_proj.": ".qkv_proj.", ".k_proj.": ".qkv_proj.", ".v_proj.": ".qkv_proj.",
+         ".gate_proj.": ".gate_up_proj.", ".up_proj.": ".gate_up_proj."}  # fmt: skip
+"""vLLM's stacked parameters: checkpoint projections it fuses into one layer."""
+
+
+def layer_groups(names) -> dict[str, tuple[str, ...]]:
+    """name -> every name of the same vLLM layer: the module's weight and bias, and q/k/v or
+    gate/up fused together. Hand-checked: q_proj.weight's group is its q, k and v weights."""
+
+    def layer(name: str) -> str:
+        module = name.rsplit(".", 1)[0] + "."
+        for part, fused in FUSED.items():
+            module = module.replace(part, fused)
+        return module
+
+    members: dict[str, list[str]] = {}
+    for n in names:
+        members.setdefault(layer(n), []).append(n)
+    return {n: tuple(members[layer(n)]) for n in names}

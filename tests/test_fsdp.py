@@ -45,31 +45,44 @@ def _batch() -> dict:
     return tiny_pairs(4)
 
 
-def _rank_main(rank: int, world: int, master: str, out: str) -> None:
+# The sharded lora run also checkpoints its decoder layers (FSDP2 + activation checkpointing
+# composed); its one-rank twin does not, so the comparison covers both.
+RANK_EXTRA = {"lora": ["learner.activation_checkpointing=true"]}
+
+
+def _rank_main(rank: int, world: int, master: str, out: str, batch: dict) -> None:
+    import time
+
     import torch.distributed as dist
 
     out = Path(out)
-    batch = _batch()
-    result = {}
+    result, clock = {}, {"start": time.monotonic()}
     for name, overrides in CASES.items():
+        overrides = [*overrides, *RANK_EXTRA.get(name, [])]
         learner = make_learner(overrides, rank, world, master)
+        clock[f"{name}_built"] = time.monotonic()
         assert learner.sharded
         stats, params = [], []
         for _ in range(UPDATES):
             stats.append(learner.update(batch))
             params.append(full_params(learner))
+        clock[f"{name}_updated"] = time.monotonic()
         if name == "llm":
             ckpt = learner.save_checkpoint(str(out / "run"), UPDATES, {"step": UPDATES}, keep=1)
+            clock["saved"] = time.monotonic()
             stats.append(learner.update(batch))
             params.append(full_params(learner))
             del learner
             resumed = make_learner(overrides, rank, world, master)
             resumed.load_checkpoint(str(out / "run" / "checkpoints" / "step_0000003"))
+            clock["resumed"] = time.monotonic()
             result["resumed_2"] = {"at_load": full_params(resumed), "stats": resumed.update(batch)}
             result["resumed_2"]["after"] = full_params(resumed)
             result["ckpt"] = ckpt
         result[name] = {"stats": stats, "params": params}
         learner = None
+    clock["end"] = time.monotonic()
+    result["clock"] = clock
     torch.save(result, out / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -78,10 +91,19 @@ def _rank_main(rank: int, world: int, master: str, out: str) -> None:
 def two_ranks(tmp_path_factory) -> tuple[list[dict], Path]:
     import time
 
+    import peft  # noqa: F401
+
+    # fork, not spawn: the ranks inherit this process's imports (torch, transformers, peft, the
+    # learner), which under spawn take most of the run on a small machine. The ranks compute
+    # with one thread (LearnerWorker's default), so no OpenMP pool is forked mid-flight.
+    import gapray.models.tiny
+    import gapray.workers.learner  # noqa: F401
+
     out = tmp_path_factory.mktemp("fsdp")
-    ctx = torch.multiprocessing.get_context("spawn")
+    ctx = torch.multiprocessing.get_context("fork")
     master = f"127.0.0.1:{_free_port()}"
-    procs = [ctx.Process(target=_rank_main, args=(r, 2, master, str(out))) for r in range(2)]
+    batch = _batch()
+    procs = [ctx.Process(target=_rank_main, args=(r, 2, master, str(out), batch)) for r in range(2)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + 240
@@ -93,7 +115,10 @@ def two_ranks(tmp_path_factory) -> tuple[list[dict], Path]:
         procs[r].join()
     assert not hung, f"ranks {hung} still running after 240 s (a collective mismatch)"
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)], out
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    c = ranks[0]["clock"]
+    print("rank 0 seconds from its start:", {k: round(v - c["start"], 1) for k, v in c.items()})
+    return ranks, out
 
 
 def _one_rank(overrides: list[str], updates: int):
@@ -119,6 +144,8 @@ def test_two_fsdp_ranks_match_one_rank_after_three_updates(two_ranks, trainable)
         assert s["loss"] == pytest.approx(w["loss"], rel=1e-5)
         # the clip norm over both ranks' shards is the one-rank norm
         assert s["grad_norm"] == pytest.approx(w["grad_norm"], rel=1e-5)
+    worst = max((got[0]["params"][-1][n] - want[-1][n]).abs().max().item() for n in want[-1])
+    print(f"trainable={trainable}: largest |2 ranks - 1 rank| after {UPDATES} updates: {worst:.2e}")
     changed = moved(before, got[0]["params"][-1])
     assert changed and all(("lora_" in n) == (trainable == "lora") for n in changed)
     assert got[0]["stats"][-1]["loss"] != got[0]["stats"][0]["loss"]  # the loss moved
@@ -156,6 +183,24 @@ def test_a_two_rank_checkpoint_resumes_on_one_and_on_two_ranks(two_ranks):
     for r in ranks:
         assert_same_params(r["resumed_2"]["at_load"], at3)
         assert_same_params(r["resumed_2"]["after"], at4)
+
+
+def test_activation_checkpointing_recomputes_the_layers_and_changes_nothing():
+    runs = {}
+    for ac in (False, True):
+        learner = make_learner([*CASES["llm"], f"learner.activation_checkpointing={str(ac).lower()}"])
+        calls = []  # forward calls of a module inside the first layer (the recompute calls it again)
+        inner = next(
+            m for m in learner.policy.decoder_layers()[0].modules() if isinstance(m, torch.nn.Linear)
+        )
+        hook = inner.register_forward_hook(lambda *a, calls=calls: calls.append(1))
+        learner.update(_batch())
+        hook.remove()
+        runs[ac] = (len(calls), full_params(learner))
+    # 4 micro-batches, one policy forward each (the reference is its own copy), and with
+    # checkpointing one recompute per policy forward in backward
+    assert runs[False][0] == 4 and runs[True][0] == 8
+    assert_same_params(runs[True][1], runs[False][1], atol=1e-7)
 
 
 def test_bf16_compute_keeps_fp32_master_weights_and_small_updates():

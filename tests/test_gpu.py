@@ -1,8 +1,9 @@
 """GPU tests (marker `gpu`; deselected by pytest's addopts, each skipped with its reason where
 its hardware or vLLM build is missing):
 
-- a learner step on the tiny model on one GPU with bf16 compute (fp32 master weights under
-  autocast, and bf16 weights): parameters change, the loss is finite;
+- a learner step on the tiny model on one GPU with bf16 compute over fp32 master weights
+  (whatever model.dtype), with and without activation checkpointing: parameters change, the
+  loss is finite, the optimizer state is fp32;
 - two learner ranks under NCCL, one GPU each, with a batch of one pair (rank 1 gets no rows):
   both finish with identical parameters, every collective on the ranks' devices;
 - the vLLM backend on CUDA: seeded CFG sampling, a weight update, restore.
@@ -40,14 +41,25 @@ def _vllm_cuda_reason() -> str | None:
 
 
 @needs_cuda
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"], ids=["fp32-master-bf16-autocast", "bf16"])
-def test_learner_step_on_one_gpu(dtype):
-    learner = make_learner([f"model.dtype={dtype}", "model.trainable=all", "learner.lr=1e-3"])
-    assert learner.device.startswith("cuda")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"], ids=["model-fp32", "model-bf16"])
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["no-ckpt", "ckpt"])
+def test_learner_step_on_one_gpu(dtype, checkpointing):
+    """Whatever model.dtype (the generation and reward workers' dtype), the learner trains fp32
+    master weights with bf16 compute (learner.compute_dtype=auto) and holds the frozen parts
+    in bf16."""
+    learner = make_learner(
+        [
+            f"model.dtype={dtype}",
+            "model.trainable=llm",
+            "learner.lr=1e-3",
+            f"learner.activation_checkpointing={str(checkpointing).lower()}",
+        ]
+    )
+    assert learner.device.startswith("cuda") and learner.compute_dtype == torch.bfloat16
     params = dict(learner.policy.model.named_parameters())
     assert all(p.device.type == "cuda" for p in params.values())
-    want = torch.float32 if dtype == "float32" else torch.bfloat16
-    assert all(p.dtype == want for p in params.values())
+    assert all(p.dtype == torch.float32 for p in learner.params)  # fp32 masters
+    assert all(p.dtype == torch.bfloat16 for p in params.values() if not p.requires_grad)
     before = {n: p.detach().clone() for n, p in params.items()}
     batch = tiny_pairs(3)
     with learner._autocast(), torch.no_grad():  # the compute dtype of the log-prob forward
@@ -60,6 +72,7 @@ def test_learner_step_on_one_gpu(dtype):
     assert second["loss"] != first["loss"]
     changed = moved(before, {n: p.detach() for n, p in params.items()})
     assert changed and set(changed) <= set(learner.policy.trainable_parameters())
+    assert all(s["exp_avg"].dtype == torch.float32 for s in learner.optimizer.state.values())
 
 
 @needs_two

@@ -50,6 +50,7 @@ i = intermediate, kv = kv heads x head dim:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import sys
@@ -186,7 +187,7 @@ def _sizes_cached(
     t, v, q = cfg.text_config, cfg.vision_config, cfg.vq_config
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
     return ModelSizes(
-        label=key,
+        label="",
         parts=parts,
         trainable=n_train,
         trainable_in_layers=sum(p.numel() for p in in_layers if p.requires_grad),
@@ -215,7 +216,8 @@ def model_sizes(
     """`ModelSizes` of `model.name` (or a layout name), built on the meta device (exact counts;
     Janus-Pro-7B in about a second, LoRA adapters from peft in a few)."""
     cfg = model_config_for(name)
-    return _sizes_cached(name, cfg.to_json_string(use_diff=False), trainable, lora_rank, float(lora_alpha))
+    sizes = _sizes_cached(cfg.to_json_string(use_diff=False), trainable, lora_rank, float(lora_alpha))
+    return dataclasses.replace(sizes, label=name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -252,16 +252,26 @@ def test_two_loop_steps_on_showo_tiny(tmp_path):
     from gapray.config import load_config
     from gapray.run import execute
     from gapray.storage import RunDir
+    from gapray.storage.checkpoints import load_trainer_state
 
     out = tmp_path / "run"
     overrides = [o for o in TINY_RUN if not o.startswith("model=")]
-    cfg = load_config(["model=showo_tiny", *overrides, "run.steps=2", "run.eval_every=2", f"run.out_dir={out}"])
+    cfg = load_config(
+        ["model=showo_tiny", *overrides, "run.steps=2", "run.eval_every=2", "run.checkpoint_every=2", f"run.out_dir={out}"]
+    )
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
     try:
         summary = execute(cfg)
     finally:
         ray.shutdown()
-    assert summary["version"] == 2
-    metrics = RunDir(out).read_metrics().to_pylist()
+    assert summary["version"] == 2 and summary["evaluator"] == "self"
+    run = RunDir(out)
+    metrics = run.read_metrics().to_pylist()
     assert [m["version"] for m in metrics] == [0, 1, 2]
-    assert all(math.isfinite(m["loss"]) for m in metrics[1:])
+    assert all(m["pairs"] == 4 and math.isfinite(m["loss"]) for m in metrics[1:])
+    assert all(row["version"] == row["step"] - 1 for row in run.read_rollouts().to_pylist())
+    # the learner's backbone moved away from the initial weights; nothing else trained
+    state = load_trainer_state(run.latest_checkpoint())
+    initial = dict(tiny_showo(seed=0).model.named_parameters())
+    assert state["trainable"] and all(n.startswith("showo.model.") for n in state["trainable"])
+    assert any(not torch.equal(t, initial[n].detach()) for n, t in state["trainable"].items())

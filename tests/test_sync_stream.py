@@ -12,6 +12,7 @@ import socket
 
 import pytest
 import torch
+from conftest import TINY_RUN
 
 from gapray.models.tiny import tiny_janus
 from gapray.workers.sync import (
@@ -191,3 +192,49 @@ def test_a_sharded_learner_exports_whole_tensors_and_only_what_changed(tmp_path)
     manifest, buckets = got["second"][0], [b.tensors() for b in got["second"][1:]]
     assert manifest.names == ["1.bias"]
     torch.testing.assert_close(buckets[0]["1.bias"], got["reference"]["1.bias"] + 1.0)
+
+
+# ------------------------------------------------------------------------ through Ray, end to end
+@pytest.mark.ray
+@pytest.mark.slow
+def test_deltas_through_ray_and_a_replaced_worker_replays_to_the_pushed_version():
+    ray = pytest.importorskip("ray")
+    from gapray.config import load_config
+    from gapray.run import build_roles
+    from gapray.workers.sync import WeightSync
+
+    # Run on the actors (local functions: pickled by value, the workers cannot import tests).
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.policy.model.named_parameters() if p.requires_grad}
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.model.named_parameters()}
+
+    def _nudge(self, name: str) -> None:
+        with torch.no_grad():
+            dict(self.policy.model.named_parameters())[name].add_(0.5)
+
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
+    try:
+        roles = build_roles(load_config(TINY_RUN))
+        try:
+            sync, pool, learner = WeightSync(0.05), roles.generation, roles.learner.actors[0]
+            first = sync.push(roles.learner, [pool])
+            assert first.tensors == first.trainable > 0 and first.buckets > 1
+            assert first.peak_extra_bytes is not None and first.nodes == 1
+            second = sync.push(roles.learner, [pool])  # nothing trained: nothing sent
+            assert (second.version, second.tensors, second.bytes, second.buckets) == (2, 0, 0, 0)
+            ray.get(learner.__ray_call__.remote(_nudge, NORM))
+            third = sync.push(roles.learner, [pool])
+            assert third.tensors == 1 and pool.versions() == [3]
+            want = ray.get(learner.__ray_call__.remote(_trainable))
+            ray.kill(pool.actors[0])
+            pool.heal()  # a fresh worker: replays the ledger (push 1 whole, then push 3)
+            assert pool.versions() == [3] and [len(refs) for _, refs in pool.current[1]] == [first.buckets, 1]
+            held = ray.get(pool.actors[0].__ray_call__.remote(_weights))
+            assert all(torch.equal(held[n], t) for n, t in want.items())
+            assert not torch.equal(want[NORM], tiny_janus(seed=0).model.state_dict()[NORM])
+        finally:
+            roles.shutdown()
+    finally:
+        ray.shutdown()

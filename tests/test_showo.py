@@ -35,7 +35,7 @@ PROMPTS = ["a red circle", "two blue squares"]
 @pytest.fixture(scope="module")
 def model():
     torch.set_num_threads(2)
-    return tiny_showo(seed=0)
+    return tiny_showo(seed=0, steps=3)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_image_logprobs_estimator_seeded_batch_free_and_lower_variance_with_more
         s1, per = model.image_logprobs(rows, tokens, cfg_scale=4.0, draws=1)
         assert per.shape == (4, 16) and torch.allclose(s1, per.sum(-1))
         # one draw: T / n_k * log p on the n_k masked tokens, zero elsewhere
-        masks, weights = model._logprob_masks(rows, tokens, 1, model.sampler.logprob_seed)
+        masks, _ = model._logprob_masks(rows, tokens, 1, model.sampler.logprob_seed)
         assert torch.equal(per != 0, masks[0])
         assert (per <= 0).all()
         again, _ = model.image_logprobs(rows, tokens, cfg_scale=4.0, draws=1)
@@ -143,14 +143,16 @@ def test_image_logprobs_estimator_seeded_batch_free_and_lower_variance_with_more
         other, _ = model.image_logprobs(rows, tokens, cfg_scale=4.0, draws=1, seed=1)
         assert not torch.equal(s1, other)
         one = torch.stack([model.image_logprobs(rows, tokens, draws=1, seed=s)[0] for s in range(6)])
-        many = torch.stack([model.image_logprobs(rows, tokens, draws=6, seed=s)[0] for s in range(6)])
-    # variance across seeds falls as 1/K (expected ratio 6; measured about 7 on this model)
+        many = torch.stack([model.image_logprobs(rows, tokens, draws=4, seed=s)[0] for s in range(6)])
+    # variance across seeds falls at least as 1/K (ratio 4 expected; about 6 measured: stratified)
     assert many.var(0).mean() < 0.5 * one.var(0).mean()
 
 
 def test_gradients_reach_only_trainable_parameters():
     m = tiny_showo(seed=0)
-    tokens = torch.randint(0, m.codebook_size, (2, m.num_image_tokens), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(
+        0, m.codebook_size, (2, m.num_image_tokens), generator=torch.Generator().manual_seed(0)
+    )
     for mode, trains in (
         ("llm", lambda n: n.startswith("showo.model.")),
         ("all", lambda n: n.startswith("showo.")),
@@ -216,14 +218,19 @@ def test_checkpoint_with_a_renamed_weight_is_refused_naming_it(saved, tmp_path):
     assert "missing keys ['showo.model.layers.0.mlp.fc1.weight']" in str(err.value)
     assert "unexpected keys ['showo.model.layers.0.mlp.fc9.weight']" in str(err.value)
     shutil.rmtree(bad / "vq")
-    with pytest.raises(CheckpointError, match="vq/config.json"):
+    with pytest.raises(CheckpointError, match=r"vq/config\.json"):
         ShowoAdapter.from_pretrained(bad)
 
 
 def test_showo_512_layout_on_meta_passes_shape_checks():
     model = showo_512_meta()
     phi = model.showo.config
-    assert (phi.num_hidden_layers, phi.hidden_size, phi.num_attention_heads, phi.intermediate_size) == (24, 2048, 32, 8192)
+    assert (phi.num_hidden_layers, phi.hidden_size, phi.num_attention_heads, phi.intermediate_size) == (
+        24,
+        2048,
+        32,
+        8192,
+    )
     assert model.showo.lm_head.weight.is_meta
     layout = ShowoLayout(**SHOWO_512)
     assert (layout.code_offset, layout.mask_id) == (50_305, 58_497)
@@ -257,7 +264,14 @@ def test_two_loop_steps_on_showo_tiny(tmp_path):
     out = tmp_path / "run"
     overrides = [o for o in TINY_RUN if not o.startswith("model=")]
     cfg = load_config(
-        ["model=showo_tiny", *overrides, "run.steps=2", "run.eval_every=2", "run.checkpoint_every=2", f"run.out_dir={out}"]
+        [
+            "model=showo_tiny",
+            *overrides,
+            "run.steps=2",
+            "run.eval_every=2",
+            "run.checkpoint_every=2",
+            f"run.out_dir={out}",
+        ]
     )
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
     try:

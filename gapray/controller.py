@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -148,10 +149,10 @@ class Controller:
         timer = Timer()
         with timer.stage("step"):
             self.rollouts.fill(step)  # async: steps step+1..step+k start generating too, beside this one
-            with timer.stage("rollouts"):
-                _, samples, scored, spans = self.rollouts.take(step)
+            with timer.stage("rollouts"):  # pairs built prompt by prompt as verdicts come back
+                _, samples, scored, pairs, spans = self.rollouts.take(step, self.pair_fn())
             with timer.stage("pairs"):
-                batch, pair_stats = self.make_batch(samples, scored)
+                batch, pair_stats = self.make_batch(samples, scored, pairs)
             learner_version = self.sync.version
             lag = staleness(learner_version, samples.versions, self.rollouts.k)  # (N,)
             with timer.stage("learn"):
@@ -241,20 +242,29 @@ class Controller:
                 return rank
         return None
 
-    def make_batch(self, samples: Rollouts, scored: Scores) -> tuple[dict, dict]:
+    def pair_fn(self):
+        """build_pairs with the run's pair settings (None for SFT, which keeps accepted rows)."""
+        if self.cfg.learner.algorithm == "sft":
+            return None
+        p = self.cfg.pairs
+        return partial(
+            build_pairs,
+            rule=p.rule,
+            min_margin=p.min_margin,
+            min_chosen=p.min_chosen,
+            pairs_per_prompt=p.pairs_per_prompt,
+        )
+
+    def make_batch(self, samples: Rollouts, scored: Scores, pairs=None) -> tuple[dict, dict]:
+        """The learner's batch; `pairs`: (pairs, PairStats) already built (streamed), else
+        built here from the whole step."""
         cfg = self.cfg
         if cfg.learner.algorithm == "sft":
             keep = select_sft(samples.prompt_ids, scored.accepted)
             batch = {"prompts": [samples.prompts[i] for i in keep], "tokens": samples.tokens[keep]}
             return batch, {"sft_examples": len(keep)}
-        idx, stats = build_pairs(
-            samples.prompt_ids,
-            scored.p_yes,
-            scored.accepted,
-            rule=cfg.pairs.rule,
-            min_margin=cfg.pairs.min_margin,
-            min_chosen=cfg.pairs.min_chosen,
-            pairs_per_prompt=cfg.pairs.pairs_per_prompt,
+        idx, stats = (
+            pairs if pairs is not None else self.pair_fn()(samples.prompt_ids, scored.p_yes, scored.accepted)
         )
         chosen = [c for c, _ in idx]
         rejected = [r for _, r in idx]

@@ -3,7 +3,7 @@
 Where it sits: inside `Controller.step`, between the curriculum and the pair builder,
 
     rollout.fill(step)                       # launch generation for steps step..step+k (not yet launched)
-    prompts, samples, scored = rollout.take(step)   # that step's images and verdicts, streamed
+    prompts, samples, scored, pairs, spans = rollout.take(step, pair_fn)  # streamed
 
 One controller, one loop; `run.pipeline` and `run.max_staleness` only decide how far ahead
 generation is launched (shared/DESIGN.md: k = 0 is sync):
@@ -20,7 +20,8 @@ generation is launched (shared/DESIGN.md: k = 0 is sync):
 Streaming: each generation worker's share goes out in calls of at most `generation.batch_size`
 rows (the worker batches at that size anyway, and a row depends only on its prompt and seed, so
 the images do not change); `ray.wait` hands each call's images to the least-loaded reward worker
-as soon as they are back, so judging starts while the rest is still being generated. The only
+as soon as they are back, so judging starts while the rest is still being generated, and each
+prompt's pairs are built as soon as its group's verdicts are all in (`GroupPairs`). The only
 barrier is the learner update, which needs the step's pairs. In-process pools (the sequential
 stand-ins of `gapray bench loop`) run each stage when it is asked for, one after another.
 
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gapray.algos.pairs import PairStats
 from gapray.eval.verifier import Truth
 from gapray.types import Prompt
 from gapray.workers.generation import Rollouts, generate_rollouts
@@ -47,6 +49,9 @@ from gapray.workers.pool import WorkerError, WorkerPool, describe, shares
 from gapray.workers.reward import Scores, score_rollouts
 
 PIPELINES = ("sync", "async")
+
+PairFn = Callable[[list[str], np.ndarray, np.ndarray], tuple[list[tuple[int, int]], PairStats]]
+"""build_pairs with the run's settings: (group ids, p_yes, accepted) -> (pairs, stats)."""
 
 
 def staleness_bound(pipeline: str, max_staleness: int) -> int:
@@ -86,6 +91,62 @@ def chunks(n_rows: int, n_workers: int, chunk_rows: int) -> list[tuple[int, slic
         for a in range(s.start, s.stop, chunk_rows):
             out.append((i, slice(a, min(a + chunk_rows, s.stop))))
     return out
+
+
+def merge_pair_stats(parts: list[PairStats]) -> PairStats:
+    """The stats of one build_pairs call over the union of disjoint groups, from each part's."""
+    pairs = sum(p.pairs for p in parts)
+    margin = sum(p.mean_margin * p.pairs for p in parts) / pairs if pairs else 0.0
+    return PairStats(
+        prompts=sum(p.prompts for p in parts),
+        pairs=pairs,
+        all_pass=sum(p.all_pass for p in parts),
+        all_fail=sum(p.all_fail for p in parts),
+        below_margin=sum(p.below_margin for p in parts),
+        mean_margin=float(margin),
+    )
+
+
+class GroupPairs:
+    """The pair builder fed prompt by prompt: rows arrive in any order as their scoring calls
+    come back, and a prompt's pairs are built as soon as all of its rows are scored (a prompt
+    drawn twice in one step is one group, as in build_pairs). Pairs depend only on their own
+    group, so `result()` equals one build_pairs call over the step: pairs grouped by prompt,
+    prompts in order of first appearance (tested)."""
+
+    def __init__(self, group_ids: list[str], pair_fn: PairFn):
+        self.group_ids, self.pair_fn = list(group_ids), pair_fn
+        self.rows: dict[str, list[int]] = {}  # prompt id -> its rows, in row order (first seen first)
+        for i, g in enumerate(self.group_ids):
+            self.rows.setdefault(g, []).append(i)
+        self.missing = {g: len(r) for g, r in self.rows.items()}  # unscored rows per prompt
+        self.p_yes = np.zeros(len(group_ids), dtype=np.float32)
+        self.accepted = np.zeros(len(group_ids), dtype=bool)
+        self.built: dict[str, tuple[list[tuple[int, int]], PairStats]] = {}
+
+    def add(self, rows: slice, p_yes: np.ndarray, accepted: np.ndarray) -> list[str]:
+        """Record one scoring call's rows; returns the prompts it completed (their pairs built)."""
+        self.p_yes[rows], self.accepted[rows] = p_yes, accepted
+        done = []
+        for i in range(rows.start, rows.stop):
+            g = self.group_ids[i]
+            self.missing[g] -= 1
+            if self.missing[g] == 0:
+                done.append(g)
+        for g in done:
+            idx = self.rows[g]
+            local, stats = self.pair_fn([g] * len(idx), self.p_yes[idx], self.accepted[idx])
+            self.built[g] = ([(idx[c], idx[r]) for c, r in local], stats)
+        return done
+
+    def result(self) -> tuple[list[tuple[int, int]], PairStats]:
+        left = [g for g, m in self.missing.items() if m > 0]
+        if left:
+            raise RuntimeError(f"{len(left)} prompts are not fully scored yet")
+        order = list(self.rows)
+        return [p for g in order for p in self.built[g][0]], merge_pair_stats(
+            [self.built[g][1] for g in order]
+        )
 
 
 @dataclass
@@ -151,13 +212,19 @@ class RolloutPipeline:
             self.launched[s] = self._launch(s, prompts if prompts is not None else self.prompts_for(s))
         return new
 
-    def take(self, step: int) -> tuple[list[Prompt], Rollouts, Scores, Spans]:
-        """Step `step`'s prompts, rollouts and verdicts (waits for them); fill(step) first."""
+    def take(
+        self, step: int, pair_fn: PairFn | None = None
+    ) -> tuple[list[Prompt], Rollouts, Scores, tuple[list[tuple[int, int]], PairStats] | None, Spans]:
+        """Step `step`'s prompts, rollouts, verdicts and (with `pair_fn`) its pairs, built prompt
+        by prompt as each group's verdicts come back; waits for them; fill(step) first."""
         if step not in self.launched:
             raise RuntimeError(f"step {step}'s generation was never launched (call fill({step}) first)")
         job = self.launched.pop(step)
-        samples, scored = self._collect(job)
-        return job.prompts, samples, scored, job.spans
+        ids = [p.id for p in job.prompts for _ in range(self.n)]
+        groups = None if pair_fn is None else GroupPairs(ids, pair_fn)
+        samples, scored = self._collect(job, groups)
+        pairs = None if groups is None else groups.result()
+        return job.prompts, samples, scored, pairs, job.spans
 
     def pending(self) -> dict[str, list[str]]:
         """Prompt ids of the steps launched but not taken (for the checkpoint)."""
@@ -168,7 +235,9 @@ class RolloutPipeline:
         by_id = {p.id: p for p in prompts}
         missing = sorted({pid for ids in pending.values() for pid in ids} - by_id.keys())
         if missing:
-            raise ValueError(f"the checkpoint's launched steps name prompts not in the prompt set: {missing[:5]}")
+            raise ValueError(
+                f"the checkpoint's launched steps name prompts not in the prompt set: {missing[:5]}"
+            )
         self.restored = {int(s): [by_id[pid] for pid in ids] for s, ids in pending.items()}
 
     # ------------------------------------------------------------------ stages
@@ -192,17 +261,21 @@ class RolloutPipeline:
         actor = self.generation.actors[i]
         job.refs[actor.generate.remote(job.rows[s], job.seeds[s].tolist())] = (c, actor)
 
-    def _collect(self, job: Launched) -> tuple[Rollouts, Scores]:
+    def _collect(self, job: Launched, groups: GroupPairs | None) -> tuple[Rollouts, Scores]:
         prompts, n = job.prompts, self.n
         specs = [p for p in prompts for _ in range(n)] if self.verify else None
         if job.eager is not None:
             scored = score_rollouts(self.reward, job.eager, specs)
             job.spans.first_scored_at = job.spans.generated
             job.spans.scored = time.perf_counter()
+            if groups is not None:
+                groups.add(slice(0, len(job.eager)), scored.p_yes, scored.accepted)
             return job.eager, scored
-        return self._stream(job, specs)
+        return self._stream(job, specs, groups)
 
-    def _stream(self, job: Launched, specs: list[Prompt] | None) -> tuple[Rollouts, Scores]:
+    def _stream(
+        self, job: Launched, specs: list[Prompt] | None, groups: GroupPairs | None
+    ) -> tuple[Rollouts, Scores]:
         """ray.wait over the generation calls and the scoring calls together: each generated
         call is scored as soon as it is back."""
         import ray
@@ -249,6 +322,8 @@ class RolloutPipeline:
                     submit_score(c, j)
                     continue
                 verdicts[c] = out
+                if groups is not None:  # the prompts this call completed get their pairs now
+                    groups.add(s, out[0], out[1])
         job.spans.scored = time.perf_counter()
         order = range(len(job.calls))
         samples = Rollouts(
@@ -262,7 +337,9 @@ class RolloutPipeline:
         scored = Scores(
             p_yes=np.concatenate([verdicts[c][0] for c in order]),
             accepted=np.concatenate([verdicts[c][1] for c in order]),
-            versions=np.concatenate([np.full(len(verdicts[c][0]), verdicts[c][2], dtype=np.int64) for c in order]),
+            versions=np.concatenate(
+                [np.full(len(verdicts[c][0]), verdicts[c][2], dtype=np.int64) for c in order]
+            ),
             truth=None if specs is None else Truth.concat([verdicts[c][3] for c in order]),
         )
         return samples, scored

@@ -16,8 +16,9 @@ import pytest
 import torch
 from conftest import TINY_RUN
 
+from gapray.algos.pairs import PairStats
 from gapray.config import load_config
-from gapray.pipeline import chunks, launch_steps, staleness, staleness_bound
+from gapray.pipeline import GroupPairs, chunks, launch_steps, merge_pair_stats, staleness, staleness_bound
 
 ROLES = [
     *TINY_RUN,
@@ -33,9 +34,9 @@ def test_staleness_bound_is_zero_for_sync_and_k_for_async():
     assert staleness_bound("sync", 3) == 0
     assert staleness_bound("async", 0) == 0
     assert staleness_bound("async", 2) == 2
-    with pytest.raises(ValueError, match="run.pipeline"):
+    with pytest.raises(ValueError, match=r"run\.pipeline"):
         staleness_bound("overlap", 1)
-    with pytest.raises(ValueError, match="run.max_staleness"):
+    with pytest.raises(ValueError, match=r"run\.max_staleness"):
         staleness_bound("async", -1)
 
 
@@ -62,12 +63,49 @@ def test_chunks_cut_each_workers_share_in_row_order():
     assert chunks(3, 4, 8) == [(0, slice(0, 1)), (1, slice(1, 2)), (2, slice(2, 3))]
 
 
+def test_group_pairs_in_any_completion_order_equal_one_build_pairs_call():
+    from functools import partial
+
+    from gapray.algos.pairs import build_pairs
+
+    rng = np.random.default_rng(0)
+    # prompt "b" is drawn twice in the step: one group of 6 rows, as build_pairs sees it
+    ids = [g for g in ("a", "b", "c", "b", "d") for _ in range(3)]
+    p_yes = rng.random(len(ids)).astype(np.float32)
+    accepted = p_yes >= 0.5
+    for rule, per_prompt in (("paper", 1), ("best_worst", 2)):
+        fn = partial(build_pairs, rule=rule, min_margin=0.05, pairs_per_prompt=per_prompt)
+        whole = fn(ids, p_yes, accepted)
+        for _ in range(3):
+            calls = chunks(len(ids), 3, 2)  # calls of 2 rows, completing in a shuffled order
+            groups = GroupPairs(ids, fn)
+            completed = []
+            for c in rng.permutation(len(calls)):
+                s = calls[c][1]
+                completed += groups.add(s, p_yes[s], accepted[s])
+            assert sorted(completed) == ["a", "b", "c", "d"]
+            pairs, stats = groups.result()
+            assert pairs == whole[0]
+            assert stats.as_dict() == pytest.approx(whole[1].as_dict())
+    with pytest.raises(RuntimeError, match="not fully scored"):
+        GroupPairs(ids, fn).result()
+
+
+def test_merged_pair_stats_are_one_calls_stats():
+    a = PairStats(prompts=2, pairs=2, all_pass=0, all_fail=0, below_margin=0, mean_margin=0.4)
+    b = PairStats(prompts=3, pairs=1, all_pass=1, all_fail=1, below_margin=0, mean_margin=0.1)
+    m = merge_pair_stats([a, b])
+    assert (m.prompts, m.pairs, m.all_pass, m.all_fail) == (5, 3, 1, 1)
+    assert m.mean_margin == pytest.approx((2 * 0.4 + 0.1) / 3)  # weighted by pairs
+    assert merge_pair_stats([]).mean_margin == 0.0
+
+
 def test_bad_pipeline_config_names_the_field():
     from gapray.config import ConfigError
 
-    with pytest.raises(ConfigError, match="run.pipeline"):
+    with pytest.raises(ConfigError, match=r"run\.pipeline"):
         load_config(["run.pipeline=overlap"])
-    with pytest.raises(ConfigError, match="run.max_staleness"):
+    with pytest.raises(ConfigError, match=r"run\.max_staleness"):
         load_config(["run.pipeline=async", "run.max_staleness=-1"])
 
 
@@ -135,7 +173,7 @@ def test_streamed_rollouts_equal_one_call_per_share(roles, tmp_path):
 
     ctl = _controller(roles, tmp_path / "run", "run.steps=1")
     ctl.rollouts.fill(1)
-    prompts, streamed, scored, spans = ctl.rollouts.take(1)
+    prompts, streamed, scored, pairs, spans = ctl.rollouts.take(1, ctl.pair_fn())
     assert len(streamed) == 16 and spans.launched <= spans.first_scored_at <= spans.generated <= spans.scored
     seeds = row_seeds(ctl.cfg.run.seed, 1, 16)
     whole = generate_rollouts(roles.generation, [p.id for p in prompts], [p.text for p in prompts], seeds, 4)
@@ -144,6 +182,8 @@ def test_streamed_rollouts_equal_one_call_per_share(roles, tmp_path):
     np.testing.assert_array_equal(streamed.seeds, whole.seeds)
     assert streamed.prompt_ids == whole.prompt_ids
     np.testing.assert_allclose(scored.p_yes, again.p_yes, rtol=0, atol=1e-6)
+    # The pairs built prompt by prompt as verdicts came back are those of the whole step.
+    assert pairs == ctl.pair_fn()(streamed.prompt_ids, scored.p_yes, scored.accepted)
 
 
 @pytest.mark.ray

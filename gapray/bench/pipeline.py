@@ -194,11 +194,15 @@ def bench(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        prog="gapray bench pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="gapray bench pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--k", type=int, default=1, help="run.max_staleness of the async blocks (default 1)")
     ap.add_argument("--blocks", type=int, default=3, help="measured blocks per mode (default 3)")
-    ap.add_argument("--block-steps", type=int, default=5, help="steps per block, the first not counted (default 5)")
+    ap.add_argument(
+        "--block-steps", type=int, default=5, help="steps per block, the first not counted (default 5)"
+    )
     ap.add_argument("--out", default="benchmarks/results", help="results folder (default benchmarks/results)")
     ap.add_argument("overrides", nargs="*", help="config overrides, as for `gapray run`")
     args = ap.parse_args(argv)

@@ -21,9 +21,11 @@ Operations, as the seam wants them:
 - `generate`: MaskGIT sampling as Show-o's `t2i_generate`: start all [MASK]; each of `steps`
   steps samples every masked token, keeps known ones, and re-masks the floor(T * schedule((s+1)/S))
   least confident (confidence = log p of the drawn token + annealed Gumbel noise; at least one
-  kept and one re-masked per step); the last step's draws are the image. Every row has its
-  own torch.Generator (per-row seeds as for Janus) and the text part has a fixed length, so a
-  row depends only on its prompt and seed, not on its batch.
+  kept and one re-masked per step); the last step's draws are the image. Every (row, image
+  position) draws from its own counter-based stream on the model's device (`sampling.uniforms`
+  keyed by the row's seed, per-row seeds as for Janus): the token by the inverse CDF of its
+  distribution, the re-masking noise as Gumbel(-log(-log u)); the text part has a fixed
+  length, so a row depends only on its prompt and seed, not on its batch.
 - CFG, through the project's one rule (`base.guidance`): logits = uncond + w * (cond - uncond)
   with w = the configured cfg_scale. Show-o writes (1 + s) * cond - s * uncond, which is the
   same with w = 1 + s: Show-o's guidance_scale s corresponds to generation.cfg_scale = s + 1
@@ -86,6 +88,7 @@ from PIL import Image
 from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 
 from gapray.models.base import DEFAULT_QUESTION, Judgement, TrainableMode
+from gapray.models.sampling import MASK32, fmix32, inverse_cdf, row_key, uniforms
 
 FAMILY = "showo"
 NEW_TOKENS = (
@@ -473,9 +476,13 @@ def _row_seeds(seed: int | list[int], rows: int) -> list[int]:
     return [int(s) for s in seed]
 
 
-def _gumbel(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-    u = torch.rand(shape, generator=gen)
-    return -torch.log((-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20))
+def position_keys(seeds: list[int], positions: int, device) -> torch.Tensor:
+    """(R * positions,) int64 stream keys for `sampling.uniforms`: row r's key (from its seed,
+    `sampling.row_key`) mixed with each image position, so every (row, position) has its own
+    counter-based stream on the device, and a row's draws depend on its seed only."""
+    rows = torch.tensor([row_key(s) for s in seeds], dtype=torch.long, device=device)  # (R,)
+    pos = fmix32((torch.arange(positions, device=device) * 0x9E3779B1 + 0x7F4A7C15) & MASK32)
+    return fmix32(rows[:, None] ^ pos[None, :]).reshape(-1)
 
 
 def logprob_row_seed(base: int, prompt: str, tokens: torch.Tensor) -> int:
@@ -713,7 +720,7 @@ class ShowoAdapter:
         R, T, K = len(prompts), self.num_image_tokens, self.codebook_size
         S, lay = self.sampler.steps, self.layout
         text, mask, Lt = self._gen_inputs(prompts, cfg_scale is not None)
-        gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        keys = position_keys(seeds, T, self.device)  # (R*T,): one counter stream per row and position
         image = torch.full((R, T), lay.mask_id, dtype=torch.long, device=self.device)  # vocab ids
         choice_temperature = self.sampler.mask_temperature
         for step in range(S):
@@ -723,8 +730,8 @@ class ShowoAdapter:
                 sampled = logits.argmax(-1)
             else:
                 logits = logits / temperature
-                noise = torch.stack([_gumbel((T, K), g) for g in gens]).to(logits.device)
-                sampled = (logits + noise).argmax(-1)
+                probs = F.softmax(logits, dim=-1).reshape(R * T, K)
+                sampled = inverse_cdf(probs, uniforms(keys, 2 * step)).view(R, T)  # on the device
             unknown = image == lay.mask_id
             sampled = torch.where(unknown, sampled, image - lay.code_offset)
             if step == S - 1:
@@ -740,7 +747,8 @@ class ShowoAdapter:
                 min=1,
             )  # (R,): keep >= 1 new token, re-mask >= 1
             choice_temperature = choice_temperature * (1.0 - ratio)  # Show-o's annealing (cumulative)
-            conf_noise = torch.stack([_gumbel((T,), g) for g in gens]).to(logp.device)
+            u = uniforms(keys, 2 * step + 1).view(R, T).to(logp.device)
+            conf_noise = -torch.log(-torch.log(u)).float()  # Gumbel(0, 1); u in (0, 1)
             confidence = logp + choice_temperature * conf_noise
             cutoff = confidence.sort(-1).values.gather(-1, mask_len[:, None].long())
             remask = confidence < cutoff

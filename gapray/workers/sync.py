@@ -682,12 +682,13 @@ class WeightSync:
         items = iter(stream)
         manifest: SyncManifest = ray.get(next(items))  # small: it travels inline
         t_manifest = time.perf_counter()
-        calls = [a.begin_update.remote(version, manifest) for a in actors]
+        # The manifest rides with the first bucket (one call fewer per worker), alone if none.
+        calls = [] if manifest.buckets else [a.begin_update.remote(version, manifest) for a in actors]
         refs = []
-        for _ in manifest.buckets:  # each forwarded as soon as it is in the object store
+        for i in range(len(manifest.buckets)):  # each forwarded as soon as it is in the object store
             ref = next(items)
             refs.append(ref)
-            calls += [a.apply_bucket.remote(version, ref) for a in actors]
+            calls += [a.apply_bucket.remote(version, ref, manifest if i == 0 else None) for a in actors]
         t_exported = time.perf_counter()
         self.ledger.record(version, manifest, refs)
         replay = self.ledger.replay()

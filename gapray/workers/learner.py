@@ -190,7 +190,12 @@ class LearnerWorker:
             raise RuntimeError("learner.reference=none: this learner holds no reference model")
         with torch.no_grad():
             if self.reference is not None:
-                return self._logps(self.reference, prompts, tokens)[0]
+                logps = self._logps(self.reference, prompts, tokens)[0]
+                if self.sharded:
+                    # FSDP keeps a root unit gathered after its forward (for the backward that
+                    # follows); the reference has none, so free its gathered root now.
+                    self.reference.training_module().reshard()
+                return logps
             with self.policy.reference_mode():
                 return self._logps(self.policy, prompts, tokens)[0]
 

@@ -16,6 +16,8 @@ Python heap); the raw RSS figures are reported too. On CPU in float32 (the roles
     python -m gapray.bench.plan                                  # janus_pro_shape, all three roles
     python -m gapray.bench.plan --roles learner --pairs 4 learner.micro_batch_size=4
     python -m gapray.bench.plan --out benchmarks/results
+    python -m gapray.bench.plan --measure learner > learner.json   # one role, then the table of
+    python -m gapray.bench.plan --collect learner.json generation.json reward.json  # several
 
 Prints the table (plan vs measured per role, the ratio) and writes
 <out>/plan-<model>-<timestamp>.json and .md.
@@ -186,6 +188,7 @@ def measure(role: str, overrides: list[str], pairs: int) -> dict:
     measured = holds + (peak - rss_before)
     return {
         "role": role,
+        "overrides": overrides,
         "plan_bytes": plan.total,
         "plan_lines": [{"what": line.what, "bytes": line.bytes, "note": line.note} for line in plan.lines],
         "measured_bytes": measured,
@@ -235,7 +238,10 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     ap.add_argument("--roles", default=",".join(ROLES), help="comma-separated roles to measure")
     ap.add_argument("--pairs", type=int, default=2, help="DPO pairs of the learner's measured update")
     ap.add_argument("--out", default="benchmarks/results", help="results directory")
-    ap.add_argument("--measure", help=argparse.SUPPRESS)  # child process: one role, JSON on stdout
+    ap.add_argument("--measure", help="measure one role in this process; its JSON on stdout")
+    ap.add_argument(
+        "--collect", nargs="+", help="build the table from roles measured before (--measure outputs)"
+    )
     return ap.parse_known_args(argv)
 
 
@@ -246,7 +252,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps(measure(args.measure, overrides, args.pairs)))
         return 0
     results = []
-    for role in args.roles.split(","):
+    for path in args.collect or []:
+        results.append(json.loads(Path(path).read_text().strip().splitlines()[-1]))
+    for role in [] if args.collect else args.roles.split(","):
         cmd = [
             sys.executable,
             "-m",
@@ -265,6 +273,8 @@ def main(argv: list[str]) -> int:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"measured {role}", file=sys.stderr)
     model = next(o.partition("=")[2] for o in reversed(overrides) if o.startswith("model="))
+    if args.collect:
+        overrides = next((r["overrides"] for r in results if "overrides" in r), overrides)
     text = table(results, model)
     print(text)
     from gapray.bench import write_results

@@ -99,8 +99,5 @@ class RowSampler:
         if logits.shape[0] != len(self):
             raise ValueError(f"RowSampler: {logits.shape[0]} logit rows for {len(self)} seeds")
         logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)  # (R, K)
-        if temperature == 0:
-            tokens = logits.argmax(-1)
-        else:
-            tokens = inverse_cdf(logp.exp(), uniforms(self.keys, step))
+        tokens = logits.argmax(-1) if temperature == 0 else inverse_cdf(logp.exp(), uniforms(self.keys, step))
         return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

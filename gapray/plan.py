@@ -19,8 +19,10 @@ generation  the whole model in the storage dtype; the KV cache of one batch:
             engine's share of the GPU (gpu_memory_utilization of the GPU's memory, its weights
             and KV cache inside it) beside the transformers adapter the worker keeps for
             evaluations.
-reward      the whole model; per judge batch the VQ decoder's largest feature maps (the first
-            level at full resolution), the vision tower's and the LLM prefill's (no grad).
+reward      the whole model; per judge batch the largest of: the VQ decoder's feature maps at
+            full resolution (4 maps of batch x channels x H x W: a res block's residual, normalised
+            input and conv output, and the conv's workspace), the vision tower's and the LLM
+            prefill's activations (no grad).
 learner     gapray/workers/fsdp.py's layout: fp32 master weights of what trains, their fp32
             gradients and AdamW's two fp32 states, divided by learner.num_ranks under
             learner.sharding=fsdp (one rank never shards; then torch.autocast keeps a
@@ -369,8 +371,10 @@ def reward_plan(cfg, s: ModelSizes, gpu_memory: int | None) -> RolePlan:
     plan = RolePlan("reward", r.num_workers, r.gpus_per_worker)
     plan.lines.append(Line(f"weights {dt}", s.total * b, f"{s.total:,} parameters, all parts"))
     B = r.batch_size
-    # VQ decode: input, output and a norm's temporary of the full-resolution level.
-    decode = 3 * B * s.vq_channels * s.image_size**2 * b
+    # VQ decode at the full-resolution level: a res block holds its residual, the normalised
+    # input (SiLU in place, or its sigmoid temporary) and the conv's output, and the convolution
+    # one more map of workspace / layout reorder (oneDNN on CPU, cuDNN's on GPU): 4 maps.
+    decode = 4 * B * s.vq_channels * s.image_size**2 * b
     vision = B * s.image_tokens * (3 * s.vision_hidden + s.vision_intermediate) * b
     seq = s.image_tokens + JUDGE_TEXT_TOKENS
     prefill = B * seq * (4 * s.hidden + 2 * s.intermediate) * b

@@ -11,7 +11,8 @@ micro-batch, one generation batch, one judge batch -- with the process's peak RS
     + the peak RSS during the call - the RSS before it (activations, logits, KV cache, temporaries)
 
 which leaves out the host-side objects that are not the plan's business (the tokenizers, the
-Python heap); the raw RSS figures are reported too. On CPU in float32 (the roles' device here).
+Python heap); the raw RSS figures are reported too. On CPU in float32 (the roles' device here),
+with glibc's mmap threshold fixed at 128 KiB so that freed tensors leave the RSS.
 
     python -m gapray.bench.plan                                  # janus_pro_shape, all three roles
     python -m gapray.bench.plan --roles learner --pairs 4 learner.micro_batch_size=4
@@ -60,6 +61,19 @@ def _reset_peak() -> None:
         f.write("5")  # resets VmHWM to the current RSS
 
 
+def _fixed_mmap_threshold() -> None:
+    """glibc: serve every allocation of 128 KiB or more by mmap and give it back on free (a
+    fixed threshold turns off glibc's sliding one, which moves up to 32 MiB and then keeps freed
+    feature maps in its heap), so the RSS follows the bytes alive. Measured runs otherwise
+    differed by a third between two runs of the same call."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if not (libc.mallopt(m_mmap_threshold, 128 * 1024) and libc.mallopt(m_trim_threshold, 128 * 1024)):
+        raise RuntimeError("mallopt failed: cannot fix glibc's mmap threshold")
+
+
 def tensor_bytes(modules: list, optimizer=None) -> int:
     """Bytes of the distinct storages behind the modules' parameters, gradients and buffers and
     the optimizer's state tensors (shared tensors counted once)."""
@@ -106,6 +120,7 @@ def measure(role: str, overrides: list[str], pairs: int) -> dict:
     from gapray.config import load_config
     from gapray.plan import build_plan
 
+    _fixed_mmap_threshold()
     torch.set_num_threads(2)
     cfg = load_config(overrides)
     gc.collect()

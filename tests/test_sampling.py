@@ -98,3 +98,30 @@ def test_static_cache_gives_the_dynamic_cache_tokens():
         assert torch.allclose(la, lb, atol=1e-5)
     with pytest.raises(ValueError, match="cache"):
         model.generate(prompts, cache="paged")
+
+
+def test_preallocated_cache_returns_the_filled_prefix():
+    from gapray.models.kv_cache import PreallocatedLayer
+
+    layer = PreallocatedLayer(max_cache_len=5)
+    k, v = torch.ones(2, 1, 3, 4), 2 * torch.ones(2, 1, 3, 4)
+    assert layer.get_mask_sizes(3) == (3, 0)
+    keys, values = layer.update(k, v)
+    assert keys.shape == (2, 1, 3, 4) and torch.equal(values, v) and layer.get_seq_length() == 3
+    assert layer.get_mask_sizes(1) == (4, 0)
+    keys, _ = layer.update(3 * torch.ones(2, 1, 1, 4), torch.zeros(2, 1, 1, 4))
+    assert keys.shape == (2, 1, 4, 4) and keys[:, :, 3].eq(3).all() and keys[:, :, :3].eq(1).all()
+    assert layer.keys.shape == (2, 1, 5, 4)  # allocated once
+    with pytest.raises(ValueError, match="max_cache_len"):
+        layer.update(torch.ones(2, 1, 2, 4), torch.ones(2, 1, 2, 4))
+
+
+def test_guided_head_is_cfg_of_the_head():
+    from gapray.models.tiny import tiny_janus
+
+    model = tiny_janus(seed=0)
+    h = torch.randn(6, model.model.config.text_config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model._cfg(model.model.model.generation_head(h), 3.0)
+        got = model._guided_head(h, 3.0)
+    assert got.shape == (3, model.codebook_size) and torch.allclose(got, want, atol=1e-5)

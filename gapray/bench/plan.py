@@ -225,25 +225,35 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:,.1f}"
 
 
+def _setting(r: dict) -> str:
+    """What a measured row is: its rows, and its overrides that the role reads beyond DEFAULTS."""
+    section = {"learner": "learner.", "generation": "generation.", "reward": "reward."}[r["role"]]
+    extra = list({o.partition("=")[0]: o for o in r.get("overrides", []) if o.startswith(section)}.values())
+    what = f"{r['rows']} pairs" if r["role"] == "learner" else f"{r['rows']} images"
+    return " ".join([what, *extra])
+
+
 def table(results: list[dict], model: str) -> str:
     out = [
         f"memory plan vs measured peak: {model}, CPU float32, one process per role",
         "",
-        "| role | plan MiB | measured MiB | plan / measured | held tensors MiB | call's RSS rise MiB | "
-        "RSS peak - start MiB | call s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| role | setting | plan MiB | measured MiB | plan / measured | held tensors MiB | "
+        "call's RSS rise MiB | RSS peak - start MiB | call s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         out.append(
-            f"| {r['role']} | {_mib(r['plan_bytes'])} | {_mib(r['measured_bytes'])} | "
+            f"| {r['role']} | {_setting(r)} | {_mib(r['plan_bytes'])} | {_mib(r['measured_bytes'])} | "
             f"{r['ratio_plan_over_measured']:.3f} | {_mib(r['held_tensor_bytes'])} | "
             f"{_mib(r['call_rss_increase_bytes'])} | {_mib(r['rss_peak_minus_start_bytes'])} | {r['call_s']:.2f} |"
         )
     out += ["", "plan lines (MiB):"]
     for r in results:
         lines = ", ".join(f"{line['what']} {_mib(line['bytes'])}" for line in r["plan_lines"])
-        out.append(f"- {r['role']} ({r['rows']} rows, {r['prompt_tokens']} prompt tokens): {lines}")
-    bad = [r["role"] for r in results if abs(r["ratio_plan_over_measured"] - 1) > TOLERANCE]
+        out.append(f"- {r['role']} ({_setting(r)}, {r['prompt_tokens']} prompt tokens): {lines}")
+    bad = [
+        f"{r['role']} ({_setting(r)})" for r in results if abs(r["ratio_plan_over_measured"] - 1) > TOLERANCE
+    ]
     out += ["", f"within {TOLERANCE:.0%}: " + ("all roles" if not bad else "NOT " + ", ".join(bad))]
     return "\n".join(out)
 
@@ -262,7 +272,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str]) -> int:
     args, overrides = _parse(argv)
-    overrides = [*DEFAULTS, *overrides]
+    overrides = list({o.partition("=")[0]: o for o in [*DEFAULTS, *overrides]}.values())  # last wins
     if args.measure:
         print(json.dumps(measure(args.measure, overrides, args.pairs)))
         return 0

@@ -251,6 +251,14 @@ def table(results: list[dict], model: str) -> str:
     for r in results:
         lines = ", ".join(f"{line['what']} {_mib(line['bytes'])}" for line in r["plan_lines"])
         out.append(f"- {r['role']} ({_setting(r)}, {r['prompt_tokens']} prompt tokens): {lines}")
+    out += [
+        "",
+        "measured = the bytes of the tensors the role holds before the call (parameters, buffers,",
+        "gradients, optimizer state; each storage once) + the peak RSS during the call (VmHWM, reset",
+        "before it) - the RSS before it; a warm-up call first; glibc's mmap threshold fixed at 128 KiB;",
+        "the real worker classes, float32 on CPU, 2 torch threads. `RSS peak - start` also counts the",
+        "tokenizers and the Python heap the plan leaves out. Seconds are on a shared CPU (not speeds).",
+    ]
     bad = [
         f"{r['role']} ({_setting(r)})" for r in results if abs(r["ratio_plan_over_measured"] - 1) > TOLERANCE
     ]

@@ -84,7 +84,8 @@ def test_split_pairs_are_retried(tiny):
 
 
 def test_cfg_processor_marks_lone_rows():
-    """Hand-made batch: a complete pair is guided (both rows equal), a lone row is BROKEN."""
+    """Hand-made batch (K = 3 codes: columns 0-2, sentinel 3): a complete pair is guided (both
+    rows equal), a lone row is BROKEN."""
     from types import SimpleNamespace
 
     from vllm.v1.sample.logits_processor import BatchUpdate
@@ -104,13 +105,49 @@ def test_cfg_processor_marks_lone_rows():
         )
     )
     ninf = float("-inf")
-    logits = torch.tensor(
-        [[ninf, ninf, 1.0, 2.0, 3.0, ninf], [ninf, ninf, 0.0, 0.0, 1.0, ninf], [ninf, ninf, 1, 1, 1, ninf]]
-    )
+    logits = torch.tensor([[1.0, 2.0, 3.0, ninf], [0.0, 0.0, 1.0, ninf], [1, 1, 1, ninf]])
     out = proc.apply(logits.clone())
     guided = torch.tensor([2.0, 4.0, 5.0])  # u + 2 (c - u)
-    assert torch.equal(out[0, 2:5], guided) and torch.equal(out[1, 2:5], guided)
-    assert out[2].argmax() == 5 and torch.isinf(out[2, :5]).all()
+    assert torch.equal(out[0, :3], guided) and torch.equal(out[1, :3], guided)
+    assert out[2].argmax() == 3 and torch.isinf(out[2, :3]).all()
+
+
+def test_logits_cover_the_image_codes_only():
+    """compute_logits returns K + 1 columns (codes, then the sentinel at -inf), not the engine's
+    K + 1 + V; ids: codes [0, K), sentinel K, text from K + 1 (hand-made K = 3, V = 5)."""
+    from types import SimpleNamespace
+
+    from gapray.backends.vllm_janus import GaprayJanusForImageGeneration, IdLayout, id_layout
+
+    hf = SimpleNamespace(gapray_text_vocab_size=5, vq_config=SimpleNamespace(num_embeddings=3))
+    ids = id_layout(hf)
+    assert ids == IdLayout(text_vocab=5, codebook=3) and (ids.sentinel, ids.text_offset) == (3, 4)
+    assert ids.prompt([0, 4, 2]) == [4, 8, 6]
+    assert ids.codes([0, 2, 1]).tolist() == [0, 2, 1]
+    with pytest.raises(ValueError, match="codebook"):
+        ids.codes([0, 3])  # the sentinel is not a code
+
+    head = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    model = SimpleNamespace(generation_head=head)
+    out = GaprayJanusForImageGeneration.compute_logits(model, torch.tensor([[1.0, 2.0], [0.0, -1.0]]))
+    assert out.shape == (2, 4)
+    assert torch.equal(out[:, :3], torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, -1.0]]))
+    assert torch.isinf(out[:, 3]).all() and (out[:, 3] < 0).all()
+
+    # Inputs: a code goes through the generation embedding, a text id through embed_tokens at id-K-1.
+    lm = SimpleNamespace(embed_input_ids=lambda x: (100.0 + x.float()).unsqueeze(-1))
+    model = SimpleNamespace(
+        ids=ids,
+        text_vocab=5,
+        codebook=3,
+        language_model=lm,
+        generation_embeddings=lambda c: (10.0 + c.float()).unsqueeze(-1),
+        generation_aligner=lambda e: e,
+    )
+    emb = GaprayJanusForImageGeneration.embed_input_ids(model, torch.tensor([0, 2, 4, 8]))
+    assert emb.squeeze(-1).tolist() == [10.0, 12.0, 100.0, 104.0]
 
 
 def test_bad_updates_are_refused_and_engine_stays_usable(tiny):

@@ -4,17 +4,19 @@ Where it sits: the generation backend `vllm` (see `vllm_worker.py`) runs this mo
 engine; the `hf` backend runs the same math through transformers (`gapray/models/janus.py`).
 
 One id space for text and image tokens. vLLM feeds a request's sampled token ids back in as its
-next input ids, so image codes need ids that cannot be mistaken for text: with V text ids and K
-VQ codes,
+next input ids, and a sampled id is the column of the logits it was drawn from, so the image
+codes come first: with V text ids and K VQ codes,
 
-    id in [0, V)        text token       -> the LLM's embed_tokens
-    id in [V, V + K)    image code id-V  -> generation_embeddings -> generation_aligner
-    id == V + K         BROKEN sentinel  -> never a real input; ends a request whose CFG partner
-                                            was not in the same step (see CFGLogitsProcessor)
+    id in [0, K)            image code id      -> generation_embeddings -> generation_aligner
+    id == K                 BROKEN sentinel    -> never a real input; ends a request whose CFG
+                                                  partner was not in the same step (CFGLogitsProcessor)
+    id in [K+1, K+1+V)      text token id-K-1  -> the LLM's embed_tokens
 
-The engine's vocabulary is therefore V + K + 1 (`janus_hf_overrides` edits the checkpoint's
-config at load; the weights stay as they are). `compute_logits` returns the generation head's K
-logits in columns [V, V + K) and -inf everywhere else, so only image codes can be drawn.
+The engine's vocabulary is therefore K + 1 + V (`janus_hf_overrides` edits the checkpoint's
+config at load; the weights stay as they are), and prompts go in through `IdLayout.prompt`.
+`compute_logits` returns only the K + 1 columns that can be drawn, the generation head's K logits
+and the sentinel's -inf: never a (N, V + K + 1) tensor (Janus-Pro: 118,785 columns, 7.2x the
+16,385), so the sampler's softmax, sort-free inverse CDF and log-probs run over the codes alone.
 
 CFG: every image is two requests, a conditional one and an unconditional one (prompt with all
 but its first and last tokens replaced by pad, as the transformers backend builds it), both with
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -61,10 +64,36 @@ def janus_hf_overrides(config):
     return config
 
 
-def id_layout(config) -> tuple[int, int, int]:
-    """(V, K, sentinel id) of an overridden JanusConfig."""
-    v, k = getattr(config, TEXT_VOCAB_ATTR), config.vq_config.num_embeddings
-    return v, k, v + k
+@dataclass(frozen=True)
+class IdLayout:
+    """The engine's ids of an overridden JanusConfig: codes [0, K), sentinel K, text K+1 on."""
+
+    text_vocab: int  # V
+    codebook: int  # K
+
+    @property
+    def sentinel(self) -> int:
+        return self.codebook
+
+    @property
+    def text_offset(self) -> int:
+        return self.codebook + 1
+
+    def prompt(self, text_ids: list[int]) -> list[int]:
+        """Tokenizer ids -> the engine's prompt ids."""
+        return [i + self.text_offset for i in text_ids]
+
+    def codes(self, engine_ids: list[int]) -> torch.Tensor:
+        """Sampled engine ids -> (T,) image codes; raises on an id that is not a code."""
+        t = torch.tensor(engine_ids, dtype=torch.long)
+        if t.numel() and (t.min() < 0 or t.max() >= self.codebook):
+            raise ValueError(f"engine ids outside the codebook [0, {self.codebook}): {engine_ids[:8]}...")
+        return t
+
+
+def id_layout(config) -> IdLayout:
+    """The IdLayout of an overridden JanusConfig."""
+    return IdLayout(getattr(config, TEXT_VOCAB_ATTR), config.vq_config.num_embeddings)
 
 
 def is_generation_weight(name: str) -> bool:
@@ -110,7 +139,8 @@ class GaprayJanusForImageGeneration(nn.Module):
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__()
         config = vllm_config.model_config.hf_config
-        self.text_vocab, self.codebook, self.sentinel = id_layout(config)
+        self.ids = id_layout(config)
+        self.text_vocab, self.codebook = self.ids.text_vocab, self.ids.codebook
         text = copy.deepcopy(config.text_config)
         text.vocab_size = self.text_vocab  # the checkpoint's embed_tokens shape
         self.language_model = LlamaModel(
@@ -126,9 +156,10 @@ class GaprayJanusForImageGeneration(nn.Module):
         """(N,) mixed ids -> (N, D): text ids through embed_tokens, image ids through the
         generation embedding + aligner. Both are computed for every token (no data-dependent
         branch, so the forward stays graph-capturable); the unused one is discarded."""
-        is_image = input_ids >= self.text_vocab  # (N,)
-        text = self.language_model.embed_input_ids(input_ids.clamp(max=self.text_vocab - 1))
-        codes = (input_ids - self.text_vocab).clamp(0, self.codebook - 1)
+        is_image = input_ids < self.codebook  # (N,)
+        off = self.ids.text_offset
+        text = self.language_model.embed_input_ids((input_ids - off).clamp(0, self.text_vocab - 1))
+        codes = input_ids.clamp(0, self.codebook - 1)
         image = self.generation_aligner(self.generation_embeddings(codes)).to(text.dtype)
         return torch.where(is_image.unsqueeze(-1), image, text)
 
@@ -138,11 +169,10 @@ class GaprayJanusForImageGeneration(nn.Module):
         return self.language_model(None, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N, V + K + 1): generation-head logits in the image columns, -inf elsewhere."""
+        """(N, D) -> (N, K + 1): the generation head's K logits and the sentinel's -inf (the
+        only ids that can be drawn; text ids sit above K + 1 and have no column)."""
         image = self.generation_head(hidden_states)  # (N, K)
-        out = image.new_full((image.shape[0], self.sentinel + 1), float("-inf"))
-        out[:, self.text_vocab : self.sentinel] = image
-        return out
+        return torch.cat([image, image.new_full((image.shape[0], 1), float("-inf"))], dim=1)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """transformers names -> ours: `model.language_model.*` goes to vLLM's LlamaModel (which
@@ -164,13 +194,14 @@ class GaprayJanusForImageGeneration(nn.Module):
 
 class CFGLogitsProcessor(LogitsProcessor):
     """Batch-level CFG: for each (cond, uncond) pair in this step, both rows get
-    uncond + s * (cond - uncond) over the image columns; rows without extra_args pass through.
+    uncond + s * (cond - uncond) over the image columns [0, K); rows without extra_args pass through.
 
     Pairs are found by the id in extra_args[CFG_KEY]. A pair whose rows are not both in the batch
     at the same output position (a scheduler split, a preemption) gets the BROKEN sentinel."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
-        self.text_vocab, self.codebook, self.sentinel = id_layout(vllm_config.model_config.hf_config)
+        ids = id_layout(vllm_config.model_config.hf_config)
+        self.codebook, self.sentinel = ids.codebook, ids.sentinel
         self.rows: dict[int, tuple[object, str, float, list[int]]] = {}  # batch index -> request
 
     @classmethod
@@ -216,7 +247,7 @@ class CFGLogitsProcessor(LogitsProcessor):
                 scale.append(self.rows[c][2])
             else:
                 broken.extend(members.values())
-        lo, hi = self.text_vocab, self.sentinel
+        lo, hi = 0, self.codebook
         if cond:
             c = torch.tensor(cond, device=logits.device)
             u = torch.tensor(uncond, device=logits.device)

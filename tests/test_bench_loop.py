@@ -26,9 +26,11 @@ def test_one_step_tiny_bench_times_every_stage_of_both_loops(tmp_path, capsys):
         assert all(loop["seconds_per_step"][s] > 0 for s in STAGES), (name, loop["seconds_per_step"])
         assert all(v is not None and v > 0 for v in loop["throughput"].values()), (name, loop["throughput"])
         assert loop["images"] == 4 and loop["pairs"] == 2 and loop["syncs"] == 1
-    # Same config, prompts and seeds through the same controller: the same images, the same bytes.
+    # Same config, prompts and seeds through the same controller: the same images; the pooled
+    # sync sends the changed tensors only, the in-memory copy every trainable one.
     assert res["same_images"]
-    assert res["pooled"]["throughput"]["sync_mb"] == res["sequential"]["throughput"]["sync_mb"]
+    assert 0 < res["pooled"]["throughput"]["sync_mb"] <= res["sequential"]["throughput"]["sync_mb"]
+    assert res["pooled"]["sync_detail"]["receiver_peak_extra_mb"] is not None
     assert set(res["speedup"]) >= {f"time_{s}" for s in STAGES}
     assert res["machine"]["cpu_count"] >= 1
     table = capsys.readouterr().out

@@ -254,5 +254,8 @@ def test_two_gloo_ranks_with_pairs_per_update_match_one_rank(tmp_path):
     want = {n: p.detach().clone() for n, p in one.policy.model.named_parameters()}
     ranks = run_ranks(2, overrides, batches, tmp_path)
     assert ranks[0]["stats"][0]["optimizer_steps"] == one_stats["optimizer_steps"] == 2
-    assert_same_params(ranks[0]["params"][0], want, atol=1e-5)
+    # atol 5e-5: micro-batches of 1 row (2 ranks, FSDP) vs 2 rows reorder fp32 sums; AdamW
+    # amplifies that where a gradient sits near its eps (1e-8): one generation-head bias
+    # element with sqrt(v) = 4e-8 measured 1.1e-5 apart, every other weight <= 3e-6.
+    assert_same_params(ranks[0]["params"][0], want, atol=5e-5)
     assert ranks[0]["stats"][0]["loss"] == pytest.approx(one_stats["loss"], rel=1e-6)

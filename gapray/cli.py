@@ -19,7 +19,8 @@ commands:
   diagnose MODEL    the internal gap per prompt set, split by external judges (MODEL: a path, or `toy`)
   toy pretrain      train the toy unified model from scratch
   report RUN_DIR    an HTML report of a run (curves, per-tag table, before/after grids)
-  bench loop|generation|paper   benchmarks (tables + benchmarks/results/)
+  plan [overrides]  the memory plan: bytes per GPU of each role, and whether it fits
+  bench loop|generation|paper|pipeline|plan   benchmarks (tables + benchmarks/results/)
   demo              generate, decode and self-judge a few images (smoke run)
 Run `gapray <command> --help` for a command's options."""
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         from gapray.sweep import main as run
     elif cmd == "report":
         from gapray.report import main as run
+    elif cmd == "plan":
+        from gapray.plan import main as run
     elif cmd == "bench":
         from gapray.bench import main as run
     elif cmd == "demo":

@@ -36,7 +36,12 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 SCHEMA_NAME = "gapray_schema"  # the ConfigStore entry configs/config.yaml lists first
 TOY_PROMPTS = "toy"  # curriculum.prompts: the toy world's train split
-BUILTIN_MODELS = ("toy", "tiny", "janus_pro_shape")  # model.name values that are not checkpoint paths
+BUILTIN_MODELS = (
+    "toy",
+    "tiny",
+    "janus_pro_shape",
+    "showo_tiny",
+)  # model.name values that are not checkpoint paths
 AUTO_EVAL = "auto"  # eval group default: "toy" for model=toy, "self" for any other model
 
 
@@ -70,6 +75,14 @@ class ModelConfig:
     """LoRA rank r; used only with trainable=lora."""
     lora_alpha: float = 32.0
     """LoRA scaling alpha (the update is scaled by alpha / r); used only with trainable=lora."""
+    mask_steps: int | None = None
+    """Mask-prediction models (Show-o) only: MaskGIT sampling steps; null = the model's own
+    (Show-o: 18; its 512 px demo 50)."""
+    mask_schedule: str | None = None
+    """Mask-prediction models only: "cosine" (Show-o's) or "linear"; null = the model's own."""
+    logprob_draws: int | None = None
+    """Mask-prediction models only: K, the seeded mask draws per row of the masked-token
+    log-likelihood surrogate the learner trains on; null = the model's own (4)."""
 
 
 @dataclass
@@ -96,6 +109,15 @@ class GenerationConfig:
     batch_size: int = 16
     """Sequences a worker decodes at once (one image = one sequence, its CFG row aside);
     model=toy sets 128."""
+    gpu_memory_utilization: float = 0.5
+    """backend=vllm on a GPU: the fraction of the GPU's memory the engine may take (weights,
+    activations and its KV cache), in (0, 1]."""
+    enforce_eager: bool = True
+    """backend=vllm: True runs every step eagerly; False captures CUDA graphs for the decode
+    steps (GPU only; start-up takes longer, steps run faster)."""
+    tensor_parallel_size: int = 1
+    """backend=vllm: GPUs one engine shards the model over; each generation worker's bundle
+    then holds that many GPUs (gpus_per_worker must equal it)."""
 
 
 @dataclass
@@ -194,6 +216,26 @@ class LearnerConfig:
     "none": no reference model is held at all (sft only)."""
     max_bad_steps: int = 3
     """Steps in a row with a NaN/inf loss that are skipped before the run stops."""
+    sharding: str = "fsdp"
+    """With num_ranks > 1: "fsdp" shards the trainable parameters, their gradients and the
+    AdamW state over the ranks (FSDP2, one unit per LLM decoder layer; the frozen reference's
+    copy sharded the same way), "none" holds everything on every rank and all-reduces the
+    gradients. One rank never shards."""
+    compute_dtype: str = "auto"
+    """The learner's compute dtype over fp32 master weights (whatever model.dtype): "auto"
+    (bfloat16 on GPU, float32 on CPU), "bfloat16" or "float32". Gradients reduce in fp32; the
+    frozen parts (vision tower, VQ, the reference) are held in this dtype."""
+    activation_checkpointing: bool = False
+    """Recompute each LLM decoder layer in backward instead of keeping its activations."""
+    lr_schedule: str = "constant"
+    """"constant" or "cosine" (to lr * min_lr_ratio at decay_updates), after the warmup;
+    counted in optimizer updates over the run (gapray/algos/schedule.py)."""
+    warmup_updates: int = 0
+    """Linear warmup over this many optimizer updates (update u uses lr * (u+1) / warmup)."""
+    decay_updates: int | None = None
+    """lr_schedule=cosine: the optimizer update at which the cosine reaches its floor."""
+    min_lr_ratio: float = 0.0
+    """lr_schedule=cosine: the floor, as a fraction of lr."""
 
 
 @dataclass
@@ -295,6 +337,18 @@ class RunConfig:
     """None, or a run directory (holding config.yaml) to continue from its last checkpoint."""
     progress: bool = True
     """Show a progress line per step on the terminal."""
+    pipeline: str = "sync"
+    """"sync": each step generates with the weights of the step before (no overlap). "async":
+    generation of the next steps runs while this step is scored and learned, with the newest
+    weights the generation workers hold, at most `max_staleness` versions behind the learner
+    (gapray/pipeline.py). The same controller either way."""
+    max_staleness: int = 1
+    """run.pipeline=async: k, the most policy versions a trained-on sample may lag the learner
+    (generation runs up to k steps ahead); 0 gives exactly the sync run. Unused when sync."""
+    gpu_memory_gib: float | None = None
+    """GiB of memory per GPU, for the memory plan preflight checks (`gapray plan`): a role whose
+    plan does not fit its GPU share is refused before any actor starts. null: read it from the
+    driver's GPU (torch.cuda); a driver without a GPU then skips the check (CPU runs)."""
     threads_per_actor: int | None = None
     """torch threads in each actor; None = the role's CPU reservation rounded up. The loop's
     stages run one after another, so on one small machine every actor may use all its cores."""

@@ -8,10 +8,24 @@ key with its rule. Kept apart from the schema so each file reads in one sitting.
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any
 
 from gapray.config import BUILTIN_MODELS, SECTIONS, TOY_PROMPTS, Config, ConfigError
+
+
+def _is_showo(name: str) -> bool:
+    """model.name is a Show-o: the tiny one built in code, or a directory whose config.json is
+    Show-o's (_class_name "Showo"); read without importing the model code (gapray.models.showo
+    has the same rule in is_showo)."""
+    if name == "showo_tiny":
+        return True
+    cfg = Path(name) / "config.json"
+    try:
+        return cfg.is_file() and json.loads(cfg.read_text()).get("_class_name") == "Showo"
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def validate(cfg: Config) -> None:
@@ -38,6 +52,17 @@ def validate(cfg: Config) -> None:
     one_of("model.trainable", "llm", "all", "lora")
     need(m.lora_rank >= 1, "model.lora_rank", "must be >= 1")
     need(m.lora_alpha > 0, "model.lora_alpha", "must be > 0")
+    showo = _is_showo(m.name)
+    for key in ("mask_steps", "mask_schedule", "logprob_draws"):
+        need(showo or getattr(m, key) is None, f"model.{key}", "is for mask-prediction models (Show-o) only")
+    need(m.mask_steps is None or m.mask_steps >= 1, "model.mask_steps", "must be >= 1")
+    need(m.mask_schedule in (None, "cosine", "linear"), "model.mask_schedule", "must be 'cosine' or 'linear'")
+    need(m.logprob_draws is None or m.logprob_draws >= 1, "model.logprob_draws", "must be >= 1")
+    need(
+        not (showo and g.backend == "vllm"),
+        "generation.backend",
+        "Show-o generates by mask prediction (MaskGIT), not autoregressively: vLLM cannot run it; use 'hf'",
+    )
     # resources
     for sec, count, cpus, gpus in (
         ("generation", "num_workers", "cpus_per_worker", "gpus_per_worker"),
@@ -54,6 +79,21 @@ def validate(cfg: Config) -> None:
     need(g.cfg_scale >= 1, "generation.cfg_scale", "must be >= 1 (1 = no guidance)")
     need(g.temperature > 0, "generation.temperature", "must be > 0")
     need(g.batch_size >= 1, "generation.batch_size", "must be >= 1")
+    need(0 < g.gpu_memory_utilization <= 1, "generation.gpu_memory_utilization", "must be in (0, 1]")
+    tp = g.tensor_parallel_size
+    need(isinstance(tp, int) and tp >= 1, "generation.tensor_parallel_size", "must be an integer >= 1")
+    if isinstance(tp, int) and tp > 1:
+        need(g.backend == "vllm", "generation.tensor_parallel_size", "> 1 needs generation.backend=vllm")
+        need(
+            g.gpus_per_worker == tp,
+            "generation.gpus_per_worker",
+            f"must equal generation.tensor_parallel_size ({tp}): a tensor-parallel engine holds that many GPUs",
+        )
+    need(
+        g.enforce_eager or g.gpus_per_worker > 0,
+        "generation.enforce_eager",
+        "false (CUDA graphs) needs a GPU: generation.gpus_per_worker > 0",
+    )
     # reward
     need(0 < r.threshold < 1, "reward.threshold", "must be in (0, 1)")
     need(r.batch_size >= 1, "reward.batch_size", "must be >= 1")
@@ -102,6 +142,17 @@ def validate(cfg: Config) -> None:
         "must be null (follow generation.cfg_scale) or >= 1 (1 = conditional)",
     )
     need(ln.max_bad_steps >= 1, "learner.max_bad_steps", "must be >= 1")
+    # the learner at scale (gapray/workers/fsdp.py, gapray/algos/schedule.py)
+    one_of("learner.sharding", "fsdp", "none")
+    one_of("learner.compute_dtype", "auto", "float32", "bfloat16")
+    one_of("learner.lr_schedule", "constant", "cosine")
+    need(ln.warmup_updates >= 0, "learner.warmup_updates", "must be >= 0")
+    need(
+        ln.lr_schedule != "cosine" or (ln.decay_updates is not None and ln.decay_updates > ln.warmup_updates),
+        "learner.decay_updates",
+        f"must be > learner.warmup_updates ({ln.warmup_updates}) for learner.lr_schedule=cosine",
+    )
+    need(0 <= ln.min_lr_ratio <= 1, "learner.min_lr_ratio", "must be in [0, 1]")
     # sync
     need(s.bucket_mb > 0, "sync.bucket_mb", "must be > 0")
     # curriculum
@@ -141,6 +192,11 @@ def validate(cfg: Config) -> None:
     one_of("eval.judge_dtype", "float32", "bfloat16", "auto")
     # run
     need(run.steps >= 1, "run.steps", "must be >= 1")
+    need(
+        run.gpu_memory_gib is None or run.gpu_memory_gib > 0,
+        "run.gpu_memory_gib",
+        "must be null (the driver's GPU) or > 0",
+    )
     need(bool(run.out_dir.strip()), "run.out_dir", "must not be empty")
     one_of("run.placement", "colocate", "split")
     need(run.ray_address is None or bool(run.ray_address.strip()), "run.ray_address", "null or an address")
@@ -151,6 +207,12 @@ def validate(cfg: Config) -> None:
         run.resume is None or (Path(run.resume) / "config.yaml").is_file(),
         "run.resume",
         "must be null or a run directory holding config.yaml",
+    )
+    one_of("run.pipeline", "sync", "async")
+    need(
+        isinstance(run.max_staleness, int) and run.max_staleness >= 0,
+        "run.max_staleness",
+        "must be an integer >= 0 (0 = sync's samples; read when run.pipeline=async)",
     )
     need(
         run.threads_per_actor is None or run.threads_per_actor >= 1,

@@ -130,10 +130,7 @@ def janus_layout(name: str):
 
     if name not in LAYOUTS:
         raise ValueError(f"no built-in layout {name!r}; known: {', '.join(LAYOUTS)}")
-    cfg = janus_pro_config(name.rsplit("_", 1)[1])
-    cfg.tie_word_embeddings = False  # Janus-Pro keeps language_model.lm_head apart
-    cfg.text_config.tie_word_embeddings = False
-    return cfg
+    return janus_pro_config(name.rsplit("_", 1)[1])
 
 
 def model_config_for(name: str):

@@ -162,16 +162,25 @@ class Checked:
 
 def preflight(cfg: Config) -> Checked:
     """Checks that need no Ray and no actor: the prompt sets parse (file and line named), a
-    checkpoint directory looks like one, and the evaluator can read the model's images."""
+    checkpoint directory looks like one, every role's memory plan fits its GPU share
+    (`gapray plan`), and the evaluator can read the model's images."""
     from gapray.config import BUILTIN_MODELS
     from gapray.controller import load_prompt_set
     from gapray.eval.stage import make_evaluator
     from gapray.eval.verifier import verifies
     from gapray.models.janus import check_checkpoint_dir
+    from gapray.models.showo import check_showo_checkpoint_dir, is_showo_checkpoint
+    from gapray.plan import plan_error
     from gapray.toy.world import IMAGE_SIZE as TOY_IMAGE_SIZE
 
     if cfg.model.name not in BUILTIN_MODELS:
-        check_checkpoint_dir(Path(cfg.model.name))  # CheckpointError naming what is missing
+        if is_showo_checkpoint(cfg.model.name):
+            check_showo_checkpoint_dir(Path(cfg.model.name))
+        else:
+            check_checkpoint_dir(Path(cfg.model.name))  # CheckpointError naming what is missing
+    refused = plan_error(cfg)  # a role whose memory plan does not fit its GPU share
+    if refused is not None:
+        raise refused
     evaluator = make_evaluator(cfg.eval)
     needs = getattr(evaluator, "image_size", None)  # an evaluator bound to one image size (toy)
     size = model_image_size(cfg.model.name)
@@ -198,7 +207,10 @@ def model_image_size(name: str) -> int:
     """The side in pixels of the images a model generates, read from its config.json (a
     checkpoint) or from the model built in code, without loading any weights file."""
     from gapray.models import TOY_CHECKPOINT, load_model
+    from gapray.models.showo import is_showo, showo_image_size
 
+    if is_showo(name):
+        return showo_image_size(name)
     path = TOY_CHECKPOINT if name == "toy" else Path(name)
     if path.is_dir():
         return int(json.loads((path / "config.json").read_text())["vision_config"]["image_size"])

@@ -30,7 +30,7 @@ from gapray.config import (
 
 CONFIG_DIR = default_config_dir()
 GROUP_FILES = sorted(p for p in CONFIG_DIR.glob("*/*.yaml"))
-NEEDS_NAME = {"janus_pro_1b", "janus_pro_7b"}  # name: ??? (a local checkpoint path)
+NEEDS_NAME = {"janus_pro_1b", "janus_pro_7b", "showo_512"}  # name: ??? (a local checkpoint path)
 
 
 def _error(overrides: list[str]) -> ConfigError:
@@ -81,6 +81,8 @@ def test_every_yaml_composes_and_validates(path: Path, tmp_path: Path):
     overrides = [f"{group}={option}"] + (["model=tiny"] if group in ("generation", "reward") else [])
     if option in NEEDS_NAME:
         overrides.append(f"model.name={tmp_path}")
+        if option.startswith("showo"):  # the Show-o keys are checked against Show-o's config.json
+            (tmp_path / "config.json").write_text('{"_class_name": "Showo"}')
     cfg = load_config(overrides)
     assert isinstance(cfg, Config)
     # every key the file sets arrives in the dataclass unchanged

@@ -90,6 +90,24 @@ ADDED = {("reward", "verifier")}  # keys added since, which change no behaviour 
 # settings that transfer and trackers (issue #15): their defaults change no behaviour of then
 ADDED |= {("learner", "beta_per_token"), ("learner", "pairs_per_update")}
 ADDED |= {("run", "trackers"), ("run", "wandb_project"), ("run", "wandb_mode"), ("run", "mlflow_uri")}
+# Show-o's sampler keys (null for Janus), vLLM engine knobs, the learner at scale (sharding,
+# compute dtype, checkpointing, LR schedule: one rank, fp32, constant is the old learner), the
+# pipeline (sync) and the memory plan (no GPU: no check)
+ADDED |= {("model", "mask_steps"), ("model", "mask_schedule"), ("model", "logprob_draws")}
+ADDED |= {("generation", k) for k in ("gpu_memory_utilization", "enforce_eager", "tensor_parallel_size")}
+ADDED |= {
+    ("learner", k)
+    for k in (
+        "sharding",
+        "compute_dtype",
+        "activation_checkpointing",
+        "lr_schedule",
+        "warmup_updates",
+        "decay_updates",
+        "min_lr_ratio",
+    )
+}
+ADDED |= {("run", "pipeline"), ("run", "max_staleness"), ("run", "gpu_memory_gib")}
 
 
 def _effective(cfg) -> LogprobSettings:

@@ -189,9 +189,7 @@ def test_the_results_table_has_a_row_per_trial_and_a_group_per_point(sweep):
         )
     grouped = pq.read_table(sweep["dir"] / "results_grouped.parquet").to_pylist()
     points = sorted(g["learner.beta"] for g in grouped)
-    assert points == [0.05, 0.2] and all(
-        g["n"] == 2 for g in grouped
-    )
+    assert points == [0.05, 0.2] and all(g["n"] == 2 for g in grouped)
     for g in grouped:
         assert g["self_mean_p_yes_delta_lo"] <= g["self_mean_p_yes_delta"] <= g["self_mean_p_yes_delta_hi"]
     md = (sweep["dir"] / "results.md").read_text()

@@ -84,6 +84,7 @@ class VllmJanusEngine:
         gpu_memory_utilization: float = 0.5,
         kv_cache_gb: float | None = None,
         enforce_eager: bool = True,
+        tensor_parallel_size: int = 1,
         lora_scaling: float = 1.0,
     ):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: starts in seconds
@@ -131,6 +132,9 @@ class VllmJanusEngine:
             dtype=dtype,
             seed=0,
             enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
+            # TP > 1: one process per GPU of the worker's bundle (the bundle holds that many)
+            distributed_executor_backend="mp" if tensor_parallel_size > 1 else None,
             max_num_seqs=max_num_seqs,
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -140,7 +144,8 @@ class VllmJanusEngine:
             **kwargs,
         )
         hf_config = self.llm.llm_engine.model_config.hf_config
-        self.text_vocab, self.codebook, self.sentinel = id_layout(hf_config)
+        self.ids = id_layout(hf_config)  # codes [0, K), sentinel K, text ids from K + 1
+        self.codebook, self.sentinel = self.ids.codebook, self.ids.sentinel
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.version = 0
         self._calls = itertools.count()
@@ -202,7 +207,7 @@ class VllmJanusEngine:
             cond, uncond = gen_prompt_ids(self.tokenizer, self.template, prompts[r])
             variants = [("cond", cond), ("uncond", uncond)] if cfg_scale is not None else [(None, cond)]
             for role, ids in variants:
-                requests.append({"prompt_token_ids": ids})
+                requests.append({"prompt_token_ids": self.ids.prompt(ids)})
                 params.append(
                     SamplingParams(
                         max_tokens=self.num_image_tokens,
@@ -224,7 +229,7 @@ class VllmJanusEngine:
             if len(ids) != self.num_image_tokens or any(list(g.token_ids) != ids for g in got):
                 broken.append(r)  # a split pair (sentinel) or rows that disagree
                 continue
-            tokens[r] = torch.tensor(ids) - self.text_vocab
+            tokens[r] = self.ids.codes(ids)
             logprobs[r] = torch.tensor([lp[t].logprob for t, lp in zip(ids, got[0].logprobs, strict=True)])
         return broken
 

@@ -4,6 +4,8 @@ benchmarks/results/.
     gapray bench loop [options] [overrides]   # pooled (Ray roles) vs sequential (one process)
     gapray bench generation [options]         # transformers vs vLLM images/s
     gapray bench paper [options] [overrides]  # the paper's rows on the toy world, over seeds
+    gapray bench plan [options] [overrides]   # the memory plan vs measured peaks per role
+    gapray bench pipeline [options] [overrides]  # sync vs async pipeline on the same roles
 
 Each subcommand lives in its own module (`gapray/bench/<name>.py`, with a `main(argv)`);
 `gapray bench <name> --help` shows its options.
@@ -20,6 +22,8 @@ SUBCOMMANDS = {
     "loop": "gapray.bench.loop",
     "generation": "gapray.bench.generation",
     "paper": "gapray.bench.paper",
+    "plan": "gapray.bench.plan",
+    "pipeline": "gapray.bench.pipeline",
 }
 
 

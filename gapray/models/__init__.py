@@ -14,7 +14,7 @@ from gapray.models.base import Judgement, TrainableMode, UnifiedModel
 from gapray.models.janus import CheckpointError, JanusAdapter
 
 TOY_CHECKPOINT = Path(__file__).resolve().parent.parent / "toy" / "checkpoint"
-BUILT_IN_CODE = ("tiny", "janus_pro_shape")
+BUILT_IN_CODE = ("tiny", "janus_pro_shape", "showo_tiny")
 """Model names built in code from a seed (no checkpoint on disk; a vLLM engine needs one saved)."""
 
 __all__ = [
@@ -40,6 +40,10 @@ def load_model(name_or_path: str, **kwargs) -> JanusAdapter:
         from gapray.models.shapes import janus_pro_shape
 
         return janus_pro_shape(**kwargs)
+    from gapray.models.showo import is_showo, load_showo
+
+    if is_showo(name_or_path):  # "showo_tiny" or a Show-o checkpoint directory
+        return load_showo(name_or_path, **kwargs)
     if name_or_path == "toy":
         if not (TOY_CHECKPOINT / "config.json").is_file():
             raise CheckpointError(

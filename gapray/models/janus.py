@@ -39,6 +39,8 @@ from transformers import (
 )
 
 from gapray.models.base import DEFAULT_QUESTION, Judgement, TrainableMode
+from gapray.models.kv_cache import PreallocatedCache
+from gapray.models.sampling import RowSampler
 
 DEFAULT_GEN_TEMPLATE = "<|User|>: {prompt}\n\n<|Assistant|>:"
 """Janus-Pro's chat format; the processor appends <begin_of_image> for generation."""
@@ -264,75 +266,93 @@ class JanusAdapter:
         seed: int | list[int] = 0,
         batch_size: int = 64,
         return_logprobs: bool = False,
+        cache: str = "static",
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Sample T image tokens for each of n images per prompt -> (len(prompts)*n, T) long.
 
         Rows are grouped by prompt (row r is prompt r // n). Each row draws from its own
-        torch.Generator seeded from `seed` (or from `seed[r]`), via the Gumbel-max trick, so a
-        row's tokens depend on its seed and prompt only, not on the batch it ran in.
-        temperature 0 is greedy. With return_logprobs, also the (N, T) log-probs of the drawn
-        tokens under the distribution they were drawn from (CFG-combined, at `temperature`;
-        at temperature 0, under the temperature-1 distribution)."""
+        counter-based stream seeded from `seed` (or from `seed[r]`; `gapray.models.sampling`),
+        on the model's device, so a row's tokens depend on its seed and prompt only, not on the
+        batch it ran in. temperature 0 is greedy. cache: "static" (preallocated KV cache, the
+        default) or "dynamic" (grown per step; the same tokens, kept as a check). With
+        return_logprobs, also the (N, T) log-probs of the drawn tokens under the distribution
+        they were drawn from (CFG-combined, at `temperature`; at temperature 0, under the
+        temperature-1 distribution)."""
         self._check_gen_args(prompts, n, cfg_scale, temperature)
         rows = [p for p in prompts for _ in range(n)]
         seeds = _row_seeds(seed, len(rows))
         chunks = [
-            self._generate_rows(rows[i : i + batch_size], seeds[i : i + batch_size], cfg_scale, temperature)
+            self._generate_rows(
+                rows[i : i + batch_size], seeds[i : i + batch_size], cfg_scale, temperature, cache
+            )
             for i in range(0, len(rows), batch_size)
         ]
         tokens = torch.cat([c[0] for c in chunks])
         return (tokens, torch.cat([c[1] for c in chunks])) if return_logprobs else tokens
 
     def _generate_rows(
-        self, prompts: list[str], seeds: list[int], cfg_scale: float | None, temperature: float
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        cfg_scale: float | None,
+        temperature: float,
+        cache: str = "static",
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch: prefill, then T decode steps. cache "static": a PreallocatedCache for
+        prompt + T positions, written in place, attention over the filled prefix, the mask a
+        view of one mask built once; "dynamic": a DynamicCache grown by torch.cat each step
+        (the older path, kept to check the static one against). Tokens are drawn on the
+        model's device by `RowSampler`, row r from seeds[r] alone."""
         lm = self.model.model.language_model
         R, T = len(prompts), self.num_image_tokens
         ids, mask = self._encode_gen_prompts(prompts, cfg_scale is not None)
-        gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-        cache = DynamicCache(config=self.model.config.text_config)
+        Rp, L = ids.shape
+        sampler = RowSampler(seeds, self.device)
+        full_mask = torch.cat([mask, mask.new_ones(Rp, T)], dim=1)  # (R', L + T)
+        if cache == "static":
+            kv = PreallocatedCache(self.model.config.text_config, max_cache_len=L + T)
+        elif cache == "dynamic":
+            kv = DynamicCache(config=self.model.config.text_config)
+        else:
+            raise ValueError(f"cache must be 'static' or 'dynamic', got {cache!r}")
         out = lm(
             inputs_embeds=self.model.get_input_embeddings()(ids),
             attention_mask=mask,
             position_ids=self._positions(mask),
-            past_key_values=cache,
+            past_key_values=kv,
             use_cache=True,
         )
         pos = self._positions(mask)[:, -1:]  # (R', 1)
         tokens = torch.empty(R, T, dtype=torch.long, device=self.device)
         logprobs = torch.empty(R, T, dtype=torch.float32, device=self.device)
         for t in range(T):
-            logits = self._cfg(
-                self.model.model.generation_head(out.last_hidden_state[:, -1]), cfg_scale
-            ).float()
-            tokens[:, t] = self._sample(logits, temperature, gens)  # (R,)
-            logp = F.log_softmax(logits / (temperature or 1.0), dim=-1)  # (R, K)
-            logprobs[:, t] = logp.gather(-1, tokens[:, t : t + 1]).squeeze(-1)
+            logits = self._guided_head(out.last_hidden_state[:, -1], cfg_scale)
+            tokens[:, t], logprobs[:, t] = sampler.sample(logits, temperature, t)  # (R,) each
             if t == T - 1:
                 break
             nxt = tokens[:, t : t + 1]
             if cfg_scale is not None:
                 nxt = torch.cat([nxt, nxt])  # both CFG rows consume the same token
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             pos = pos + 1
             out = lm(
                 inputs_embeds=self.model.prepare_embeddings_for_image_generation(nxt),
-                attention_mask=mask,
+                attention_mask=full_mask[:, : L + t + 1],
                 position_ids=pos,
-                past_key_values=cache,
+                past_key_values=kv,
                 use_cache=True,
             )
         return tokens, logprobs
 
-    @staticmethod
-    def _sample(logits: torch.Tensor, temperature: float, gens: list[torch.Generator]) -> torch.Tensor:
-        """(R, K) logits -> (R,) token ids; Gumbel-max with one generator per row."""
-        if temperature == 0:
-            return logits.argmax(-1)
-        u = torch.stack([torch.rand(logits.shape[-1], generator=g) for g in gens]).to(logits.device)
-        neg_log_u = -torch.log(u.clamp(min=1e-20))  # (R, K), > 0 (rand is in [0, 1))
-        gumbel = -torch.log(neg_log_u.clamp(min=1e-20))
-        return (logits / temperature + gumbel).argmax(-1)
+    def _guided_head(self, h: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
+        """(R', D) last hidden states -> (R, K) CFG logits. The head's last layer is affine, so
+        uncond + s (cond - uncond) of its outputs is that layer applied to the same mix of its
+        inputs (the bias weighs 1 + s - s = 1): one (R, K) matmul instead of (2R, K)."""
+        head = self.model.model.generation_head
+        if cfg_scale is None:
+            return head(h).float()
+        a = head.activation_fn(head.proj_out(h))
+        cond, uncond = a.chunk(2)
+        return head.vision_head(uncond + cfg_scale * (cond - uncond)).float()
 
     def image_logprobs(
         self,
@@ -396,7 +416,9 @@ class JanusAdapter:
         import copy
 
         if self.trainable_mode is None or self._peft is not None:
-            raise ValueError("frozen_copy: call set_trainable('llm' | 'all') first (LoRA uses reference_mode)")
+            raise ValueError(
+                "frozen_copy: call set_trainable('llm' | 'all') first (LoRA uses reference_mode)"
+            )
         shared = {id(p): p for p in self.model.parameters() if not p.requires_grad}
         model = copy.deepcopy(self.model, memo=dict(shared))
         model.requires_grad_(False).eval()

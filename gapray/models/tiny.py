@@ -213,6 +213,7 @@ def janus_pro_config(size: str = "1b") -> JanusConfig:
             pad_token_id=100002,  # <｜▁pad▁｜>: Janus-Pro-1B config.json (100015 was Janus-1.3B ONNX's)
             bos_token_id=100000,
             eos_token_id=100001,
+            tie_word_embeddings=False,  # the checkpoints keep language_model.lm_head apart
             **text,
         ),
         vision_config=dict(image_size=384, patch_size=16, projection_dim=hidden, num_image_tokens=576),
@@ -220,4 +221,5 @@ def janus_pro_config(size: str = "1b") -> JanusConfig:
             num_embeddings=16384, embed_dim=8, projection_dim=hidden, image_token_embed_dim=hidden
         ),
         image_token_id=100581,
+        tie_word_embeddings=False,
     )

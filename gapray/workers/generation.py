@@ -51,6 +51,9 @@ class GenerationWorker(ModelWorker):
                 self._checkpoint_dir(model_cfg),
                 dtype="bfloat16" if self.model.model.dtype == torch.bfloat16 else "float32",
                 max_num_seqs=2 * gen_cfg.batch_size,
+                gpu_memory_utilization=gen_cfg.gpu_memory_utilization,
+                enforce_eager=gen_cfg.enforce_eager,
+                tensor_parallel_size=gen_cfg.tensor_parallel_size,
                 lora_scaling=lora_scaling,
             )
 

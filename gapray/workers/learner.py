@@ -35,7 +35,6 @@ from gapray.models.base import guidance
 from gapray.workers import fsdp
 from gapray.workers.fsdp import SHARDINGS, resolve_compute_dtype
 from gapray.workers.model_worker import load_adapter
-from gapray.workers.sync import bucket_bytes, pack_buckets, trainable_tensors
 
 DPO_METRICS = (
     "loss",
@@ -354,12 +353,16 @@ class LearnerWorker:
                 offset += n
 
     # ---------------------------------------------------------------------- sync and checkpoint
-    def export_weights(self, bucket_mb: float) -> tuple[list, int]:
-        """Put the trainable weights into the object store in buckets; (refs, bytes)."""
-        import ray
+    def export_weights(self, bucket_mb: float, full: bool = False):
+        """The trainable tensors that changed since the last export (all of them with `full`),
+        as a generator (a Ray streaming method): rank 0 yields the SyncManifest, then each
+        bucket as soon as it is gathered; the other ranks yield nothing but must run it too, in
+        step (an FSDP2 DTensor's gather is a collective). See sync.WeightExporter."""
+        from gapray.workers.sync import WeightExporter
 
-        buckets = pack_buckets(trainable_tensors(self.policy.model), bucket_mb)
-        return [ray.put(b) for b in buckets], bucket_bytes(buckets)
+        if getattr(self, "weight_exporter", None) is None:
+            self.weight_exporter = WeightExporter()
+        yield from self.weight_exporter.export(self.policy.model, bucket_mb, emit=self.rank == 0, full=full)
 
     def save_checkpoint(self, run_root: str, step: int, extra_state: dict, keep: int) -> str:
         """Every rank calls this (a collective). The trainable weights and the AdamW state go to
@@ -518,10 +521,14 @@ class LearnerGroup:
         results = ray.get([a.update.remote(batch) for a in self.actors])
         return results[0]  # metrics are all-reduced: every rank reports the same
 
-    def export_weights(self, bucket_mb: float) -> tuple[list, int]:
-        import ray
+    def export_weights(self, bucket_mb: float, full: bool = False):
+        """Start the export on every rank; an ExportStream over rank 0's refs (manifest first)."""
+        from gapray.workers.sync import ExportStream
 
-        return ray.get(self.actors[0].export_weights.remote(bucket_mb))
+        gens = [
+            a.export_weights.options(num_returns="streaming").remote(bucket_mb, full) for a in self.actors
+        ]
+        return ExportStream(gens[0], gens[1:])
 
     def save_checkpoint(self, run_root: str, step: int, extra_state: dict, keep: int) -> str:
         """Every rank writes its shards (torch.distributed.checkpoint); rank 0's path."""

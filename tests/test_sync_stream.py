@@ -17,6 +17,7 @@ from conftest import TINY_RUN
 from gapray.models.tiny import tiny_janus
 from gapray.workers.sync import (
     BucketReceiver,
+    FlatBucket,
     PeakMemory,
     SyncManifest,
     TensorSpec,
@@ -24,6 +25,8 @@ from gapray.workers.sync import (
     WeightLedger,
     apply_update,
     check_manifest,
+    on_the_wire,
+    same_bytes,
 )
 
 NORM = "model.language_model.norm.weight"
@@ -80,6 +83,67 @@ def test_the_manifest_is_checked_whole_before_any_bucket():
         receiver.expect(1, {LAYER + ".weight": torch.ones(64, 64)})
     with pytest.raises(ValueError, match="before its manifest"):
         receiver.expect(2, good)
+
+
+def test_same_bytes_compares_every_byte():
+    a = torch.tensor([1.0, float("nan"), 0.0])
+    assert same_bytes(a, a.clone())  # a NaN that stays NaN is no change (torch.equal says False)
+    assert not same_bytes(a, torch.tensor([1.0, float("nan"), -0.0]))  # 0.0 -> -0.0 is one
+    assert not same_bytes(a, a.to(torch.float64)) and not same_bytes(a, a[:2])
+    m = torch.arange(12.0).reshape(3, 4)
+    assert same_bytes(m.t(), m.t().contiguous())  # a strided view: compared on a copy, same answer
+    assert not same_bytes(m.t(), m.t().contiguous() + 1)
+    assert same_bytes(torch.empty(0), torch.empty(0))
+
+
+def test_a_flat_bucket_gives_back_each_tensor_whatever_its_dtype():
+    tensors = {
+        "f": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        "h": torch.tensor([1.5, -2.0, 3.25], dtype=torch.bfloat16),  # 6 bytes: padded to 64
+        "i": torch.tensor(7, dtype=torch.int64),  # 0-d
+        "e": torch.empty(0, 5),
+    }
+    specs = SyncManifest.of([tensors]).buckets[0]
+    offsets, size = FlatBucket.layout(specs)
+    assert offsets == [0, 64, 128, 192] and size == 192  # 24, 6 and 8 bytes each round up to 64
+    flat = torch.zeros(size, dtype=torch.uint8)
+    for t, off in zip(tensors.values(), offsets, strict=True):
+        flat[off : off + t.numel() * t.element_size()] = t.reshape(-1).view(torch.uint8)
+    back = FlatBucket(specs, flat.numpy()).tensors()
+    assert list(back) == list(tensors)
+    assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in tensors.items())
+
+
+def test_on_the_wire_the_manifest_rides_on_the_first_bucket_and_a_worker_applies_it():
+    from gapray.config import load_config
+    from gapray.workers.generation import GenerationWorker
+
+    learner = tiny_janus(seed=0)
+    learner.set_trainable("llm")
+    cfg = load_config(["model=tiny"])
+    worker = GenerationWorker(cfg.model, cfg.generation)
+    ex = WeightExporter()
+    wire = list(on_the_wire(ex.export(learner.model, bucket_mb=0.05)))
+    assert all(isinstance(b, FlatBucket) for b in wire) and len(wire) > 1
+    manifest = wire[0].manifest
+    assert manifest is not None and manifest.full and all(b.manifest is None for b in wire[1:])
+    assert [b.names for b in wire] == [[t.name for t in b] for b in manifest.buckets]
+    acks = [worker.apply_bucket(1, b) for b in wire]
+    assert acks[:-1] == [None] * (len(wire) - 1) and acks[-1].version == worker.version == 1
+    held = dict(worker.model.model.named_parameters())
+    assert all(torch.equal(held[n], p) for n, p in learner.model.named_parameters() if p.requires_grad)
+    [nothing] = on_the_wire(ex.export(learner.model, bucket_mb=0.05))  # nothing changed
+    assert isinstance(nothing, SyncManifest) and nothing.names == []
+    ack = worker.apply_bucket(2, nothing)  # the manifest alone: the update, acknowledged
+    assert ack.version == worker.version == 2 and ack.buckets == 0
+    with torch.no_grad():
+        dict(learner.model.named_parameters())[NORM].add_(1.0)
+    [one] = on_the_wire(ex.export(learner.model, bucket_mb=0.05))
+    two = FlatBucket(one.specs, one.data, SyncManifest((one.specs, one.specs), False, 1))
+    assert worker.apply_bucket(3, two) is None and worker.version == 2  # its manifest lists two
+    assert worker.apply_bucket(3, FlatBucket(one.specs, one.data)).version == worker.version == 3
+    with pytest.raises(ValueError, match="more buckets than its manifest"):
+        worker.apply_bucket(3, FlatBucket(one.specs, one.data))
 
 
 def test_the_ledger_keeps_what_is_still_latest_and_replays_in_order():

@@ -90,9 +90,14 @@ class ModelWorker:
 
     def apply_bucket(self, version: int, bucket, manifest: SyncManifest | None = None) -> SyncAck | None:
         """Copy one bucket in place (checked first: a refused bucket changes nothing); the ack
-        after the manifest's last. The first bucket may bring the update's manifest (then
-        begin_update runs first). A failure after an earlier bucket of the update went in
-        leaves the worker TORN (it holds part of the update) until a replay."""
+        after the manifest's last. The first bucket brings the update's manifest (passed, or
+        carried by the FlatBucket as WeightSync sends it): begin_update checks it whole first.
+        A push with no buckets arrives as its manifest alone (then this is begin_update). A
+        failure after an earlier bucket of the update went in leaves the worker TORN (it holds
+        part of the update) until a replay."""
+        if isinstance(bucket, SyncManifest):
+            return self.begin_update(version, bucket)
+        manifest = manifest or getattr(bucket, "manifest", None)
         if manifest is not None:
             self.begin_update(version, manifest)
         bucket = as_tensors(bucket)  # a FlatBucket's: views of the object store's buffer
@@ -121,10 +126,11 @@ class ModelWorker:
 
         ack = None
         for manifest, refs in parts:
-            ack = self.begin_update(version, manifest)
-            for ref in refs:
+            if not refs:
+                ack = self.begin_update(version, manifest)
+            for i, ref in enumerate(refs):
                 bucket = ray.get(ref)
-                ack = self.apply_bucket(version, bucket)
+                ack = self.apply_bucket(version, bucket, manifest if i == 0 else None)
                 del bucket  # one bucket held at a time
         self._set_version(version)
         return ack

@@ -86,7 +86,11 @@ class GenerationWorker(ModelWorker):
         if self.engine is None:
             return super()._apply(bucket)
         plan = check_update(
-            self.model.model, bucket, lora_scaling=self.lora_scaling, merge_state=self.merge_state
+            self.model.model,
+            bucket,
+            lora_scaling=self.lora_scaling,
+            merge_state=self.merge_state,
+            params=self.params,
         )
         saved = self.engine.snapshot()
         self.engine.apply_bucket(bucket)

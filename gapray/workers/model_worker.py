@@ -60,6 +60,9 @@ class ModelWorker:
         self.lora_scaling = lora_scaling
         self.merge_state = LoraMergeState.empty()
         self.receiver = BucketReceiver()
+        # The model's parameters by name, kept: updates copy into them in place, never replace
+        # one, so the dict stays right and each check skips walking the module tree.
+        self.params = dict(self.model.model.named_parameters())
 
     def ready(self) -> dict:
         from gapray.placement import actor_location
@@ -85,7 +88,11 @@ class ModelWorker:
 
     def _check_manifest(self, manifest: SyncManifest) -> None:
         check_manifest(
-            self.model.model, manifest, lora_scaling=self.lora_scaling, merge_state=self.merge_state
+            self.model.model,
+            manifest,
+            lora_scaling=self.lora_scaling,
+            merge_state=self.merge_state,
+            params=self.params,
         )
 
     def apply_bucket(self, version: int, bucket, manifest: SyncManifest | None = None) -> SyncAck | None:
@@ -116,7 +123,11 @@ class ModelWorker:
 
     def _apply(self, bucket: dict) -> None:
         check_update(
-            self.model.model, bucket, lora_scaling=self.lora_scaling, merge_state=self.merge_state
+            self.model.model,
+            bucket,
+            lora_scaling=self.lora_scaling,
+            merge_state=self.merge_state,
+            params=self.params,
         ).apply()
 
     def load_weights(self, version: int, parts: list[tuple[SyncManifest, list]]) -> SyncAck | None:

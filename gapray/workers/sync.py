@@ -138,12 +138,14 @@ def check_update(
     *,
     lora_scaling: float = 1.0,
     merge_state: LoraMergeState | None = None,
+    params: dict[str, torch.nn.Parameter] | None = None,
 ) -> UpdatePlan:
     """Check a received update against `model` completely (names, shapes, every LoRA pair it
     completes, including pairs whose other half arrived in an earlier bucket) and return the
     plan that applies it. Changes nothing; raises ValueError naming the first tensor or layer
-    that does not fit."""
-    params = dict(model.named_parameters())
+    that does not fit. `params`: the model's `dict(named_parameters())` when the caller keeps
+    it (a worker, whose parameters never change identity; 0.4 ms a call on the toy's 299)."""
+    params = dict(model.named_parameters()) if params is None else params
     plain: dict[str, torch.Tensor] = {}
     lora: dict[str, dict[str, torch.Tensor]] = {}
     for name, t in tensors.items():
@@ -594,6 +596,7 @@ def check_manifest(
     *,
     lora_scaling: float = 1.0,
     merge_state: LoraMergeState | None = None,
+    params: dict[str, torch.nn.Parameter] | None = None,
 ) -> None:
     """Check every tensor of a push against `model` before any bucket arrives (names, shapes,
     LoRA pairs as they will complete bucket after bucket), on storage-less tensors; changes
@@ -601,9 +604,14 @@ def check_manifest(
     scratch = None
     if merge_state is not None:
         scratch = LoraMergeState(base={}, pending=dict(merge_state.pending))
+    params = dict(model.named_parameters()) if params is None else params
     for bucket in manifest.buckets:
         plan = check_update(
-            model, {t.name: t.meta() for t in bucket}, lora_scaling=lora_scaling, merge_state=scratch
+            model,
+            {t.name: t.meta() for t in bucket},
+            lora_scaling=lora_scaling,
+            merge_state=scratch,
+            params=params,
         )
         if scratch is not None:
             scratch.pending = plan.pending

@@ -57,7 +57,10 @@ def test_evaluators_ask_the_question_and_decide_at_the_threshold(model, evaluato
     ]
     assert spy.asked and set(spy.asked) == {QUESTION}
     # The tiny judge says P(yes) ~ 0.46: a threshold between its scores splits them as S >= threshold.
-    cut = sorted(p_yes)[len(p_yes) // 2]
+    # The cut lies halfway between two neighbouring scores: the records keep P(yes) to 6
+    # decimals, so a cut equal to a recorded score could sit above the unrounded one.
+    ranked = sorted(p_yes)
+    cut = (ranked[len(ranked) // 2 - 1] + ranked[len(ranked) // 2]) / 2
     share = evaluator.share(model, prompts, [0, 1], settings(cut), None, set())
     assert [r["judge_yes"] for r in share.records] == [p >= cut for p in p_yes]
     assert any(p < cut for p in p_yes)

@@ -118,7 +118,18 @@ def cluster():
     procs = []
     try:
         for i in range(NODES):
-            role = head if i == 0 else [f"--address=127.0.0.1:{port}", f"--node-manager-port={free_port()}"]
+            # Each node its own temp dir, as separate machines have: nodes sharing one would
+            # unpack a job's working_dir into the same folder, one rewriting it while another's
+            # driver imports from it.
+            role = (
+                head
+                if i == 0
+                else [
+                    f"--address=127.0.0.1:{port}",
+                    f"--node-manager-port={free_port()}",
+                    f"--temp-dir={temp}-{i}",
+                ]
+            )
             proc = subprocess.Popen(
                 [str(BIN / "ray"), "start", *role, *common, *_agent_ports(), "--disable-usage-stats"],
                 env=_env(),
@@ -152,7 +163,8 @@ def cluster():
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, sig)
             time.sleep(3)
-        shutil.rmtree(temp, ignore_errors=True)
+        for i in range(NODES):
+            shutil.rmtree(temp if i == 0 else f"{temp}-{i}", ignore_errors=True)
 
 
 def _roles_on(placement: dict) -> dict[str, set[str]]:

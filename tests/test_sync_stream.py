@@ -175,7 +175,7 @@ def _lazy_buckets(model: torch.nn.Module):
 
 
 def _measure(queue) -> None:
-    """In a forked child: large allocations always mmap'd (glibc's dynamic threshold off), so
+    """In a child process: large allocations always mmap'd (glibc's dynamic threshold off), so
     RSS follows what is alive, whatever the parent's allocator history."""
     import ctypes
     import ctypes.util
@@ -201,7 +201,10 @@ def _measure(queue) -> None:
 def test_receiver_peak_extra_memory_is_one_bucket_not_the_model():
     import multiprocessing as mp
 
-    ctx = mp.get_context("fork")
+    # A fresh interpreter, not a fork: a forked child shares the parent's pages copy-on-write,
+    # and each page it writes is copied and counted in its RSS (in the full suite's process
+    # that added a second bucket's worth to the peak).
+    ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     child = ctx.Process(target=_measure, args=(queue,))
     child.start()

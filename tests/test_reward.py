@@ -27,6 +27,7 @@ class FixedJudge:
     def __init__(self, p_yes: list[float]):
         self.p_yes = torch.tensor(p_yes, dtype=torch.float32)  # (N,), float32 like the adapter's
         self.judged: list[str] = []
+        self.model = torch.nn.Module()  # the adapter's module: no parameters, nothing to sync
 
     def decode(self, tokens: torch.Tensor, batch_size: int = 64) -> list[Image.Image]:
         return [Image.new("RGB", (4, 4)) for _ in range(tokens.shape[0])]  # tokens: (N, T)

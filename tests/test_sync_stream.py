@@ -262,6 +262,22 @@ def test_a_sharded_learner_exports_whole_tensors_and_only_what_changed(tmp_path)
 
 
 # ------------------------------------------------------------------------ through Ray, end to end
+def _wait_dead(ray, actor, timeout_s: float = 60.0) -> None:
+    """Until `actor`'s calls fail with RayActorError (it died), at most timeout_s."""
+    import time
+
+    from ray.exceptions import RayActorError
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.get_version.remote(), timeout=10)
+        except RayActorError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the killed actor still answers after {timeout_s} s")
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_deltas_through_ray_and_a_replaced_worker_replays_to_the_pushed_version():
@@ -295,7 +311,9 @@ def test_deltas_through_ray_and_a_replaced_worker_replays_to_the_pushed_version(
             third = sync.push(roles.learner, [pool])
             assert third.tensors == 1 and pool.versions() == [3]
             want = ray.get(learner.__ray_call__.remote(_trainable))
-            ray.kill(pool.actors[0])
+            dead = pool.actors[0]
+            ray.kill(dead)
+            _wait_dead(ray, dead)  # ray.kill is asynchronous: the actor may still answer once
             pool.heal()  # a fresh worker: replays the ledger (push 1 whole, then push 3)
             assert pool.versions() == [3] and [len(refs) for _, refs in pool.current[1]] == [first.buckets, 1]
             held = ray.get(pool.actors[0].__ray_call__.remote(_weights))

@@ -223,7 +223,9 @@ def test_loads_by_name_everywhere(shape):
     from gapray.workers.model_worker import load_adapter
 
     cfg = load_config(["model=janus_pro_shape"])  # accepted by the schema and the checks
-    with pytest.raises(ConfigError, match="must be 'toy', 'tiny', 'janus_pro_shape', 'showo_tiny' or an existing"):
+    with pytest.raises(
+        ConfigError, match="must be 'toy', 'tiny', 'janus_pro_shape', 'showo_tiny' or an existing"
+    ):
         load_config(["model.name=/nonexistent/Janus-Pro-1B"])  # and named where a path is wrong
     assert cfg.model.name == "janus_pro_shape" and cfg.model.dtype == "float32"
     again = load_adapter(cfg.model, "cpu")  # what generation, reward and learner workers call

@@ -86,3 +86,27 @@ class UnifiedModel(Protocol):
     def save_pretrained(self, path: str) -> None:
         """Write a checkpoint that transformers can load without gapray."""
         ...
+
+
+def combine_cfg(logits: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
+    """(2R, ..., K) cond rows then uncond rows -> (R, ..., K) guided logits,
+    uncond + w (cond - uncond) (Show-o's (1 + s) cond - s uncond is w = 1 + s); None: the
+    conditional rows alone were given and come back unchanged. Every adapter combines here."""
+    if cfg_scale is None:
+        return logits
+    cond, uncond = logits.chunk(2)
+    return uncond + cfg_scale * (cond - uncond)
+
+
+def check_generate_args(prompts, n, cfg_scale, temperature) -> None:
+    """The arguments of `UnifiedModel.generate`, checked alike for every family."""
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ValueError("prompts: the prompt list is empty")
+    if any(not isinstance(p, str) for p in prompts):
+        raise ValueError("prompts: every prompt must be a string")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: images per prompt must be an integer >= 1, got {n!r}")
+    if cfg_scale is not None and not cfg_scale > 1:
+        raise ValueError(f"cfg_scale: classifier-free guidance needs a scale > 1, got {cfg_scale}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")

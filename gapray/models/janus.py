@@ -38,7 +38,7 @@ from transformers import (
     JanusProcessor,
 )
 
-from gapray.models.base import DEFAULT_QUESTION, Judgement, TrainableMode
+from gapray.models.base import DEFAULT_QUESTION, Judgement, TrainableMode, check_generate_args, combine_cfg
 from gapray.models.kv_cache import PreallocatedCache
 from gapray.models.sampling import RowSampler
 
@@ -236,25 +236,7 @@ class JanusAdapter:
         # Left padding: real tokens count from 0, pads sit at 0 (they are masked anyway).
         return (mask.cumsum(-1) - 1).clamp(min=0)
 
-    @staticmethod
-    def _cfg(logits: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
-        """(2R, ..., K) cond rows then uncond rows -> (R, ..., K) guided logits."""
-        if cfg_scale is None:
-            return logits
-        cond, uncond = logits.chunk(2)
-        return uncond + cfg_scale * (cond - uncond)
-
-    def _check_gen_args(self, prompts: list[str], n: int, cfg_scale: float | None, temperature: float):
-        if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
-            raise ValueError("prompts: the prompt list is empty")
-        if any(not isinstance(p, str) for p in prompts):
-            raise ValueError("prompts: every prompt must be a string")
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: images per prompt must be an integer >= 1, got {n!r}")
-        if cfg_scale is not None and not cfg_scale > 1:
-            raise ValueError(f"cfg_scale: classifier-free guidance needs a scale > 1, got {cfg_scale}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    _cfg = staticmethod(combine_cfg)  # the one CFG combination (models.base)
 
     @torch.no_grad()
     def generate(
@@ -278,7 +260,7 @@ class JanusAdapter:
         return_logprobs, also the (N, T) log-probs of the drawn tokens under the distribution
         they were drawn from (CFG-combined, at `temperature`; at temperature 0, under the
         temperature-1 distribution)."""
-        self._check_gen_args(prompts, n, cfg_scale, temperature)
+        check_generate_args(prompts, n, cfg_scale, temperature)
         rows = [p for p in prompts for _ in range(n)]
         seeds = _row_seeds(seed, len(rows))
         chunks = [

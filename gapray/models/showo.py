@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 
-from gapray.models.base import DEFAULT_QUESTION, Judgement, TrainableMode
+from gapray.models.base import DEFAULT_QUESTION, Judgement, TrainableMode, check_generate_args, combine_cfg
 from gapray.models.sampling import MASK32, fmix32, inverse_cdf, row_key, uniforms
 
 FAMILY = "showo"
@@ -670,27 +670,9 @@ class ShowoAdapter:
             extra_settings=self.extra_settings,
         )
 
-    @staticmethod
-    def _cfg(logits: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
-        """(2R, ..., K) cond rows then uncond rows -> uncond + w (cond - uncond); Show-o's
-        (1 + s) cond - s uncond with s = w - 1."""
-        if cfg_scale is None:
-            return logits
-        cond, uncond = logits.chunk(2)
-        return uncond + cfg_scale * (cond - uncond)
+    _cfg = staticmethod(combine_cfg)  # the one CFG combination (models.base)
 
     # ------------------------------------------------------------------------------ generation
-    def _check_gen_args(self, prompts, n, cfg_scale, temperature):
-        if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
-            raise ValueError("prompts: the prompt list is empty")
-        if any(not isinstance(p, str) for p in prompts):
-            raise ValueError("prompts: every prompt must be a string")
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: images per prompt must be an integer >= 1, got {n!r}")
-        if cfg_scale is not None and not cfg_scale > 1:
-            raise ValueError(f"cfg_scale: classifier-free guidance needs a scale > 1, got {cfg_scale}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
 
     @torch.no_grad()
     def generate(
@@ -704,7 +686,7 @@ class ShowoAdapter:
     ) -> torch.Tensor:
         """MaskGIT sampling -> (len(prompts) * n, T) code ids; rows grouped by prompt; each row
         from its own generator (seed or seed[r]), so a row depends only on its prompt and seed."""
-        self._check_gen_args(prompts, n, cfg_scale, temperature)
+        check_generate_args(prompts, n, cfg_scale, temperature)
         rows = [p for p in prompts for _ in range(n)]
         seeds = _row_seeds(seed, len(rows))
         return torch.cat(

@@ -2,7 +2,8 @@
 
 Where it sits: the toy run's prompt source (the curriculum draws from `make_splits`), the
 ground truth for pre-training the toy model and its VQ tokenizer (`sample_scene` + `render`),
-and the source of balanced yes/no understanding questions (`near_miss`). The spec is fixed,
+and the source of balanced yes/no understanding questions (`near_miss` prompts, `near_miss_scene`
+scenes of the exact-scene kinds: an extra object, a count off by one, a swapped relation, ...). The spec is fixed,
 because a model and a tokenizer are trained on it:
 
 - 32x32 RGB, white background, a 4x4 grid of 8x8 cells, at most one object per cell, drawn
@@ -15,6 +16,7 @@ Prompts use GenEval's schema and templates (evaluation_metadata.jsonl) for all s
     prompts = make_splits(seed=0, test_fraction=0.2)      # {"train": [...], "test": [...]}
     scene = sample_scene(prompts["train"][0], np.random.default_rng(0))
     negative = near_miss(prompts["train"][0], np.random.default_rng(1))   # one attribute changed
+    clutter = near_miss_scene(prompts["train"][0], np.random.default_rng(2), "extra_object")
 """
 
 from __future__ import annotations
@@ -231,11 +233,13 @@ def _positions_hold(prompt: Prompt, placed: list[tuple[int, str, str]], cells: n
     return True
 
 
-def near_miss(prompt: Prompt, rng: np.random.Generator) -> Prompt:
+def near_miss(prompt: Prompt, rng: np.random.Generator, change: str | None = None) -> Prompt:
     """A prompt of the same tag with exactly one attribute changed; a scene of `prompt` fails it.
 
     The kind of change is drawn uniformly from those the tag has (shape; colour for colors and
-    color_attr; count for counting; relation for position), then the new value uniformly. A new
+    color_attr; count for counting; relation for position), then the new value uniformly; with
+    `change` ("shape", "color", "count" or "relation") only that kind is drawn (an error when
+    the tag has none). A new
     shape or colour is one the prompt does not already use, so two-object prompts keep two
     different classes (as GenEval's do) and the original scene cannot satisfy the changed entry.
     The id is the original's with "/near-miss" appended.
@@ -265,6 +269,95 @@ def near_miss(prompt: Prompt, rng: np.random.Generator) -> Prompt:
     kinds = [k for k, v in options.items() if v]
     if prompt.tag not in GENEVAL_TAGS or not kinds:
         raise ValueError(f"prompt {prompt.id!r}: no near miss for tag {prompt.tag!r}")
-    choices = options[kinds[rng.integers(len(kinds))]]
+    if change is None:
+        choices = options[kinds[rng.integers(len(kinds))]]
+    elif change not in options:
+        raise ValueError(f"near_miss change must be one of {sorted(options)} or None, got {change!r}")
+    elif not options[change]:
+        raise ValueError(f"prompt {prompt.id!r} (tag {prompt.tag!r}) has no {change!r} near miss")
+    else:
+        choices = options[change]
     new_objs, new_rel = choices[rng.integers(len(choices))]
     return _make(prompt.tag, new_objs, new_rel, id=f"{prompt.id}/near-miss")
+
+
+# --- near-miss scenes (exact-scene negatives) ---------------------------------------------------
+
+NEAR_MISS_KINDS = ("extra_object", "count_off_by_one", "swapped_relation", "wrong_colour", "wrong_shape")
+"""Kinds of near-miss scene: each is the exact scene of a prompt with one thing wrong, so the
+exact-scene rule (gapray.eval.exact_scene) rejects it while a presence-only check may not."""
+
+
+def near_miss_kinds(prompt: Prompt) -> tuple[str, ...]:
+    """The near-miss scene kinds that make sense for `prompt`'s tag (NEAR_MISS_KINDS order):
+    extra_object and count_off_by_one for every tag, swapped_relation for position prompts,
+    wrong_colour for prompts that ask a colour, wrong_shape for every tag."""
+    if prompt.tag not in GENEVAL_TAGS:
+        raise ValueError(f"prompt {prompt.id!r}: unknown tag {prompt.tag!r}; expected one of {GENEVAL_TAGS}")
+    kinds = ["extra_object", "count_off_by_one"]
+    if prompt.tag == "position":
+        kinds.append("swapped_relation")
+    if any(o.color for o in prompt.include):
+        kinds.append("wrong_colour")
+    kinds.append("wrong_shape")
+    return tuple(kinds)
+
+
+def _free_cells(scene: Scene) -> list[int]:
+    used = {(o.row, o.col) for o in scene.objects}
+    return [c for c in range(GRID * GRID) if (c // GRID, c % GRID) not in used]
+
+
+def _with(scene: Scene, objects: list[ToyObject]) -> Scene:
+    return Scene(tuple(sorted(objects, key=lambda o: (o.row, o.col))))
+
+
+def near_miss_scene(prompt: Prompt, rng: np.random.Generator, kind: str) -> Scene:
+    """A scene that is `prompt`'s exact scene with one thing wrong, of the given kind:
+
+    - extra_object: the exact scene plus one object of any shape and colour in a free cell;
+    - count_off_by_one: counting prompts get N-1 or N+1 of the class (N-1 only when N+1 would
+      not fit); other tags get one asked object duplicated (same shape and colour, a free cell)
+      or one removed (even odds);
+    - swapped_relation: position prompts only; the two objects' cells swapped, so the relation
+      reads reversed (sample_scene makes the asked relation the only one that holds);
+    - wrong_colour: prompts that ask a colour; the exact scene of a near miss with one colour
+      changed (`near_miss(change="color")`);
+    - wrong_shape: the exact scene of a near miss with one shape changed.
+
+    Pure given the generator. An error names the kind when it is unknown or does not apply to
+    the prompt (`near_miss_kinds`).
+    """
+    if kind not in NEAR_MISS_KINDS:
+        raise ValueError(f"near-miss kind must be one of {NEAR_MISS_KINDS}, got {kind!r}")
+    if kind not in near_miss_kinds(prompt):
+        raise ValueError(f"prompt {prompt.id!r} (tag {prompt.tag!r}) has no {kind!r} near miss")
+    if kind == "wrong_colour":
+        return sample_scene(near_miss(prompt, rng, change="color"), rng)
+    if kind == "wrong_shape":
+        return sample_scene(near_miss(prompt, rng, change="shape"), rng)
+    if kind == "count_off_by_one" and prompt.tag == "counting":
+        spec = prompt.include[0]
+        n = spec.count
+        m = n - 1 if n + 1 > GRID * GRID or rng.random() < 0.5 else n + 1
+        return sample_scene(Prompt(prompt.id, prompt.text, prompt.tag, (ObjectSpec(spec.cls, m),)), rng)
+    scene = sample_scene(prompt, rng)
+    objects = list(scene.objects)
+    if kind == "swapped_relation":
+        a, b = objects
+        return _with(
+            scene, [ToyObject(a.shape, a.color, b.row, b.col), ToyObject(b.shape, b.color, a.row, a.col)]
+        )
+    free = _free_cells(scene)
+    if kind == "count_off_by_one" and rng.random() < 0.5:
+        # One asked object missing.
+        del objects[int(rng.integers(len(objects)))]
+        return _with(scene, objects)
+    cell = int(free[rng.integers(len(free))])
+    if kind == "count_off_by_one":
+        # One asked object duplicated.
+        src = objects[int(rng.integers(len(objects)))]
+        shape, color = src.shape, src.color
+    else:
+        shape, color = SHAPES[rng.integers(len(SHAPES))], COLORS[rng.integers(len(COLORS))]
+    return _with(scene, [*objects, ToyObject(shape, color, cell // GRID, cell % GRID)])

@@ -209,7 +209,7 @@ def test_parse_weights():
         "wrong_shape": 0.0,
     }
     assert set(DEFAULT_NEGATIVES) == set(NEAR_MISS_KINDS)
-    with pytest.raises(ValueError, match="--negatives.*clutter"):
+    with pytest.raises(ValueError, match=r"--negatives.*clutter"):
         parse_weights("clutter=1", NEAR_MISS_KINDS, "--negatives")
     with pytest.raises(ValueError, match="not a number"):
         parse_weights("extra_object=x", NEAR_MISS_KINDS, "--negatives")

@@ -15,9 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
+from gapray.eval.exact_scene import exact_scene
 from gapray.eval.geneval import evaluate_image
 from gapray.eval.images import grid_rows, make_grid
 from gapray.eval.toy_eval import (
+    QUESTION_KINDS,
     evaluate,
     main,
     self_judge_metrics,
@@ -27,7 +29,7 @@ from gapray.models.base import Judgement
 from gapray.models.tiny import BASE_WORDS, tiny_janus
 from gapray.toy.detector import ToyDetector
 from gapray.toy.render import render
-from gapray.toy.world import Scene, all_prompts, make_splits, sample_scene
+from gapray.toy.world import Scene, all_prompts, make_splits, near_miss_kinds, sample_scene
 from gapray.types import GENEVAL_TAGS
 
 LIMIT = 6  # the first 6 test prompts span four tags (single_object .. colors)
@@ -115,6 +117,29 @@ def test_understanding_metrics():
     assert m["understanding_yes_rate_on_positive"] == pytest.approx(0.5)
     assert m["understanding_no_rate_on_negative"] == pytest.approx(0.5)
     assert m["n_questions"] == 4
+    assert "understanding_per_kind" not in m  # only with kinds
+
+
+def test_understanding_metrics_per_kind():
+    tags = ["counting"] * 6
+    answers = [True, False, True, False, True, False]
+    decisions = [True, False, True, True, False, True]
+    kinds = ["prompt_near_miss"] * 2 + ["extra_object"] * 2 + ["count_off_by_one"] * 2
+    m = understanding_metrics(tags, answers, decisions, kinds)
+    assert m["understanding_per_kind"] == {
+        "prompt_near_miss": 1.0,
+        "extra_object": 0.5,
+        "count_off_by_one": 0.0,
+    }
+    assert m["understanding_no_rate_per_kind"] == {
+        "prompt_near_miss": 1.0,
+        "extra_object": 0.0,
+        "count_off_by_one": 0.0,
+    }
+    with pytest.raises(ValueError, match="kinds"):
+        understanding_metrics(tags, answers, decisions, kinds[:2])
+    with pytest.raises(ValueError, match="unknown question kinds"):
+        understanding_metrics(tags[:1], answers[:1], decisions[:1], ["clutter"])
 
 
 # --- grid -------------------------------------------------------------------------------------
@@ -163,23 +188,50 @@ class OracleModel:
             images.append(render(Scene() if odd else sample_scene(prompt, np.random.default_rng(row_seed))))
         return images
 
+    rule = staticmethod(exact_scene)  # the judge's rule: the exact-scene verifier
+
     def judge(self, images, prompts, question=None):
         detector = ToyDetector()
         ok = [
-            evaluate_image(self.by_text[t], detector.detect(im))[0]
-            for im, t in zip(images, prompts, strict=True)
+            self.rule(self.by_text[t], detector.detect(im))[0] for im, t in zip(images, prompts, strict=True)
         ]
         return Judgement(p_yes=torch.tensor(ok, dtype=torch.float32), decision=torch.tensor(ok))
+
+
+class LenientOracle(OracleModel):
+    """The same stand-in, judging by GenEval's lenient rule (extra objects pass)."""
+
+    rule = staticmethod(evaluate_image)
+
+
+def _n_questions(prompts) -> int:
+    # One prompt_near_miss pair plus one pair per exact-scene kind the tag has.
+    return sum(2 * (1 + len(near_miss_kinds(p))) for p in prompts)
 
 
 def test_evaluate_oracle_plumbing():
     # Every index in evaluate must pair the right image, prompt and verdict for these to hold.
     m = evaluate(OracleModel(), images_per_prompt=4, limit=20, batch_size=6, progress=False)
-    assert m["understanding_accuracy"] == 1.0 and m["n_questions"] == 40
+    n_q = _n_questions(make_splits(0)["test"][:20])
+    assert m["understanding_accuracy"] == 1.0 and m["n_questions"] == n_q
+    assert m["understanding_yes_rate_on_positive"] == m["understanding_no_rate_on_negative"] == 1.0
+    assert list(m["understanding_per_kind"]) == list(QUESTION_KINDS)  # the first 20 have every tag
+    assert all(v == 1.0 for v in m["understanding_per_kind"].values())
     assert m["geneval_overall"] == pytest.approx(0.5)
     assert all(v == pytest.approx(0.5) for v in m["geneval_per_tag"].values())
     assert m["non_unification"] == pytest.approx(0.5)
     assert m["judge_balanced_accuracy"] == 1.0 and m["n_correct"] == m["n_wrong"] == 40
+
+
+def test_understanding_catches_a_lenient_judge():
+    # A judge with GenEval's rule says yes to clutter: the exact-scene questions show it (it says
+    # no to an extra object only when it repeats an asked class: 0.05 here), while the old prompt
+    # near-miss questions alone would read perfect.
+    m = evaluate(LenientOracle(), images_per_prompt=1, limit=20, batch_size=16, progress=False)
+    assert m["understanding_per_kind"]["prompt_near_miss"] == 1.0
+    assert m["understanding_no_rate_per_kind"]["extra_object"] < 0.25
+    assert m["understanding_per_kind"]["extra_object"] < 0.65
+    assert m["understanding_accuracy"] < 1.0
 
 
 # --- whole runs with a tiny random Janus --------------------------------------------------------
@@ -189,7 +241,8 @@ def test_evaluate_keys_and_ranges(run):
     _, m = run
     assert m["n_prompts"] == LIMIT and m["n_images"] == LIMIT * N
     assert m["n_correct"] + m["n_wrong"] == m["n_images"]
-    assert m["n_questions"] == 2 * LIMIT
+    assert m["n_questions"] == _n_questions(make_splits(0)["test"][:LIMIT])
+    assert m["understanding_yes_rate_on_positive"] is not None  # half the questions are yes
     for key in RATES:
         assert key in m
         assert m[key] is None or 0.0 <= m[key] <= 1.0, key

@@ -8,7 +8,9 @@ compare directly:
 - generation: `images_per_prompt` samples per prompt, decoded and scored by the exact verifier
   (`ToyDetector` + GenEval's rules in `gapray.eval.geneval`), summed up GenEval's way;
 - understanding: balanced yes/no questions on *rendered* ground-truth scenes (the prompt: yes; a
-  near miss with one attribute changed: no);
+  near miss with one attribute changed: no; and, under exact-scene semantics, an exact scene:
+  yes, a near-miss scene with an extra object, a count off by one, a swapped relation, a wrong
+  colour or shape: no), overall, per tag and per kind (`understanding_per_kind`);
 - the internal gap (the paper's non-unification score): how often the model's own understanding
   rejects its own generations, and how well those self-judgements agree with the verifier.
 
@@ -42,7 +44,15 @@ from gapray.eval.geneval import evaluate_image, score_geneval
 from gapray.eval.images import generate_and_judge, image_record
 from gapray.toy.detector import ToyDetector
 from gapray.toy.render import render
-from gapray.toy.world import IMAGE_SIZE, make_splits, near_miss, sample_scene
+from gapray.toy.world import (
+    IMAGE_SIZE,
+    NEAR_MISS_KINDS,
+    make_splits,
+    near_miss,
+    near_miss_kinds,
+    near_miss_scene,
+    sample_scene,
+)
 from gapray.types import GENEVAL_TAGS, Prompt
 
 SPLIT_SEED = 0
@@ -104,19 +114,41 @@ def self_judge_metrics(correct: Sequence[bool], accepted: Sequence[bool]) -> dic
     }
 
 
-def understanding_metrics(tags: Sequence[str], answers: Sequence[bool], decisions: Sequence[bool]) -> dict:
+def understanding_metrics(
+    tags: Sequence[str],
+    answers: Sequence[bool],
+    decisions: Sequence[bool],
+    kinds: Sequence[str] | None = None,
+) -> dict:
     """Accuracy of yes/no decisions against the true answers, overall and per tag (GENEVAL_TAGS
-    order, tags present only), plus the yes-rate on positives and no-rate on negatives."""
+    order, tags present only), plus the yes-rate on positives and no-rate on negatives. With
+    `kinds` (each question's pair kind, QUESTION_KINDS) also the accuracy per kind (over its
+    yes and no questions) and the no-rate on each kind's negatives."""
     pairs = [(bool(a), bool(d)) for a, d in zip(answers, decisions, strict=True)]
     hits = [a == d for a, d in pairs]
     per_tag = {t: _rate([h for h, tt in zip(hits, tags, strict=True) if tt == t]) for t in GENEVAL_TAGS}
-    return {
+    out = {
         "understanding_accuracy": _rate(hits),
         "understanding_per_tag": {t: v for t, v in per_tag.items() if v is not None},
         "understanding_yes_rate_on_positive": _rate([d for a, d in pairs if a]),
         "understanding_no_rate_on_negative": _rate([not d for a, d in pairs if not a]),
         "n_questions": len(hits),
     }
+    if kinds is not None:
+        if len(kinds) != len(hits):
+            raise ValueError(f"understanding_metrics: {len(kinds)} kinds for {len(hits)} questions")
+        present = [k for k in QUESTION_KINDS if k in set(kinds)]
+        unknown = set(kinds) - set(QUESTION_KINDS)
+        if unknown:
+            raise ValueError(f"understanding_metrics: unknown question kinds {sorted(unknown)}")
+        out["understanding_per_kind"] = {
+            k: _rate([h for h, kk in zip(hits, kinds, strict=True) if kk == k]) for k in present
+        }
+        out["understanding_no_rate_per_kind"] = {
+            k: _rate([not d for (a, d), kk in zip(pairs, kinds, strict=True) if kk == k and not a])
+            for k in present
+        }
+    return out
 
 
 # --- progress ---------------------------------------------------------------------------------
@@ -147,6 +179,27 @@ class _Progress:
 # --- the evaluator ----------------------------------------------------------------------------
 
 
+QUESTION_KINDS = ("prompt_near_miss", *NEAR_MISS_KINDS)
+"""Kinds of question pair: prompt_near_miss (one scene, asked about its prompt and about a near
+miss prompt with one attribute changed) and the exact-scene near-miss scene kinds (an exact
+scene and a near-miss scene of that kind, both asked about the prompt)."""
+
+
+class Question(tuple):
+    """One understanding question: the 3-tuple (tag, true answer, decision) that
+    EvalShare.questions holds, with its pair kind (QUESTION_KINDS) as `.kind`."""
+
+    def __new__(cls, tag: str | None, answer: bool, decision: bool, kind: str):
+        if kind not in QUESTION_KINDS:
+            raise ValueError(f"question kind must be one of {QUESTION_KINDS}, got {kind!r}")
+        q = super().__new__(cls, (tag, answer, decision))
+        q.kind = kind
+        return q
+
+    def __getnewargs__(self):  # pickling (a sharded eval sends questions between processes)
+        return (*self, self.kind)
+
+
 def understanding_questions(
     model,
     prompts: Sequence[Prompt],
@@ -157,12 +210,19 @@ def understanding_questions(
     progress: bool,
     question: str | None = None,
     threshold: float | None = None,
-) -> list[tuple[str | None, bool, bool]]:
-    """Balanced yes/no questions about rendered ground-truth scenes: for each prompt one scene
-    of the prompt, asked about the prompt (answer yes) and about a near miss of it (answer no),
-    with `question` and `threshold` (None: the adapter's own). Returns (tag, answer, decision)
-    per question."""
-    images, texts, answers, tags = [], [], [], []
+) -> list[Question]:
+    """Balanced yes/no questions about rendered ground-truth scenes, with `question` and
+    `threshold` (None: the adapter's own). For each prompt:
+
+    - prompt_near_miss: one scene of the prompt, asked about the prompt (yes) and about a near
+      miss of it with one attribute changed (no);
+    - per exact-scene kind the prompt's tag has (`near_miss_kinds`: extra_object,
+      count_off_by_one, swapped_relation, wrong_colour, wrong_shape): an exact scene of the
+      prompt (yes) and a near-miss scene of that kind (no), both asked about the prompt, so
+      clutter, a count off by one or a reversed relation must get "no".
+
+    Returns one Question (tag, answer, decision; .kind) per question, half of them yes."""
+    images, texts, answers, tags, kinds = [], [], [], [], []
     for i, p in zip(indices, prompts, strict=True):
         # Generators keyed by the prompt's index in the set, so a share or a --limit run asks
         # the same questions about the same scenes as the full run.
@@ -172,6 +232,16 @@ def understanding_questions(
         texts += [p.text, negative.text]
         answers += [True, False]
         tags += [p.tag, p.tag]
+        kinds += ["prompt_near_miss"] * 2
+        for kind in near_miss_kinds(p):
+            j = 2 + NEAR_MISS_KINDS.index(kind)
+            exact = sample_scene(p, np.random.default_rng([seed, int(i), j, 0]))
+            miss = near_miss_scene(p, np.random.default_rng([seed, int(i), j, 1]), kind)
+            images += [render(exact), render(miss)]
+            texts += [p.text, p.text]
+            answers += [True, False]
+            tags += [p.tag, p.tag]
+            kinds += [kind, kind]
     bar = _Progress("understanding questions", len(images), progress)
     decisions: list[bool] = []
     for s in range(0, len(images), batch_size):
@@ -179,7 +249,7 @@ def understanding_questions(
         decision = verdict.decision if threshold is None else verdict.p_yes >= threshold
         decisions += [bool(d) for d in decision.tolist()]
         bar.update(len(images[s : s + batch_size]))
-    return list(zip(tags, answers, decisions, strict=True))
+    return [Question(t, a, d, k) for t, a, d, k in zip(tags, answers, decisions, kinds, strict=True)]
 
 
 class ToyEvaluator:
@@ -252,6 +322,7 @@ class ToyEvaluator:
         strict = score_geneval([(p, exact[i * n : (i + 1) * n]) for i, p in enumerate(prompts)])
         under_exact = self_judge_metrics(exact, accepted)
         tags, answers, decisions = (list(c) for c in zip(*merged.questions, strict=True))
+        kinds = [q.kind for q in merged.questions]
         return {
             "split": self.split,
             "n_prompts": len(prompts),
@@ -266,7 +337,7 @@ class ToyEvaluator:
             "exact_scene_overall": strict["overall"],
             "exact_scene_per_tag": {t: strict["per_tag"][t] for t in GENEVAL_TAGS if t in strict["per_tag"]},
             "objects_per_image": float(np.mean([r["objects"] for r in merged.records])),
-            **understanding_metrics(tags, answers, decisions),
+            **understanding_metrics(tags, answers, decisions, kinds),
             **self_judge_metrics(correct, accepted),
             # The self-judge against exact-scene truth: a judge that passes clutter scores low.
             "judge_balanced_accuracy_exact": under_exact["judge_balanced_accuracy"],

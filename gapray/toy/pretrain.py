@@ -7,7 +7,9 @@ work. Two stages, each resumable:
 
 1. `vq`  (pretrain_vq.py): the VQ tokenizer, one code per 8x8 cell (25 cell contents).
 2. `lm`  (pretrain_lm.py): vision encoder + LLM + generation head; per-patch naming loss, the
-   judge's yes/no loss, and generation NLL with CFG dropout. Generation trains only for the
+   judge's yes/no loss (labels by the exact-scene rule, negatives the near-miss scene kinds
+   weighted by --negatives; --labels geneval for the old lenient labels), and generation NLL
+   with CFG dropout. Generation trains only for the
    first `--gen-steps` steps at a low weight: that is the knob that keeps it weak.
 
 State (weights, optimizer, RNG, step) goes to `<out>/state.pt` every `--save-every` minutes
@@ -34,16 +36,18 @@ import torch
 from gapray.models.janus import ADAPTER_FILE, JanusAdapter
 from gapray.models.tiny import tiny_janus
 from gapray.toy.pretrain_lm import (
+    LABEL_RULES,
     by_tag,
     draw_prompts,
     gen_batch,
     gen_nll,
+    parse_weights,
     quick_understanding,
     und_batch,
     und_losses,
 )
 from gapray.toy.pretrain_vq import random_scenes, reconstruction_accuracy, vq_step
-from gapray.toy.world import make_splits
+from gapray.toy.world import NEAR_MISS_KINDS, make_splits
 
 MODEL_CONFIG = dict(
     # 4x4 = 16 image tokens (patch 8 on 32 px); 32 codes for the 25 cell contents;
@@ -80,7 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--cfg-dropout", type=float, default=0.1, help="share of generation rows trained unconditionally"
     )
     p.add_argument(
-        "--distractors", type=float, default=0.3, help="share of questions with extra objects added"
+        "--distractors",
+        type=float,
+        default=0.3,
+        help="share of negative questions with 1-2 extra objects added (--labels geneval: of all questions)",
+    )
+    p.add_argument(
+        "--labels",
+        choices=LABEL_RULES,
+        default="exact",
+        help="yes/no label rule: exact (exact-scene rule, clutter is no) or geneval (the old lenient rule)",
+    )
+    p.add_argument(
+        "--negatives",
+        default=",".join(f"{k}=1" for k in NEAR_MISS_KINDS),
+        help="near-miss scene kind weights for --labels exact, kind=w,... (missing kinds: 0)",
     )
     p.add_argument(
         "--und-tags", default="color_attr=3,colors=2", help="understanding tag weights, tag=w,... (others 1)"
@@ -89,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--colour-negatives",
         type=float,
         default=0.5,
-        help="share of colour-prompt negatives that change a colour",
+        help="--labels geneval only: share of colour-prompt negatives that change a colour",
     )
     p.add_argument(
         "--cfg-scale", type=float, default=3.0, help="eval CFG scale written to gapray_adapter.json"
@@ -126,7 +144,14 @@ def lm_params(adapter: JanusAdapter) -> list[torch.nn.Parameter]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        negatives = parse_weights(args.negatives, NEAR_MISS_KINDS, "--negatives")
+    except ValueError as err:
+        parser.error(str(err))
+    if args.labels == "exact" and not any(negatives.values()):
+        parser.error(f"--negatives: at least one weight must be > 0, got {args.negatives!r}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +239,15 @@ def main(argv: list[str] | None = None) -> int:
             for g in lm_opt.param_groups:
                 g["lr"] = lr_at(s, args.lm_steps, args.lr)
             prompts = draw_prompts(pool, rng, args.batch, und_weights)
-            ub = und_batch(adapter, prompts, rng, args.distractors, args.colour_negatives)
+            ub = und_batch(
+                adapter,
+                prompts,
+                rng,
+                args.distractors,
+                args.colour_negatives,
+                labels=args.labels,
+                negatives=negatives,
+            )
             patch, answer, p_yes = und_losses(adapter, ub.to(device))  # p_yes: (B,)
             loss = args.patch_weight * patch + answer
             if s < args.gen_steps:

@@ -9,9 +9,12 @@ and sums three losses, each through the same prompt formats the adapter uses at 
   cell). This is what breaks the understanding plateau: a dense, first-order signal that ties
   each image token to words before any question-vs-image matching is needed.
 - answer loss: cross-entropy of "yes"/"no" at the last position of the judge prompt
-  (`adapter.judge_template` + `adapter.question`); labels come from GenEval's rules on the
-  scene (`evaluate_image`), so the judge learns the verifier's notion of correct. Scenes are
-  the prompt's own, a near miss's, and either with distractor objects added.
+  (`adapter.judge_template` + `adapter.question`); labels come from the exact-scene rule on the
+  scene (`exact_scene`: what the prompt asks and nothing else), so clutter gets "no". Scenes are
+  the prompt's exact scene (yes) or a near-miss scene (`near_miss_scene`: an extra object, a
+  count off by one, a swapped relation, a wrong colour or shape; kinds weighted by the recipe's
+  --negatives). `labels="geneval"` (--labels geneval) keeps the old recipe: GenEval's lenient
+  verdict, where distractor objects still get "yes".
 - generation NLL: teacher-forced image-token log-probs (as `image_logits`), with CFG dropout:
   a share of rows use Janus's unconditional prompt (all tokens but <bos> and <begin_of_image>
   replaced by pad) so CFG sampling works.
@@ -27,12 +30,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gapray.eval.exact_scene import exact_scene
 from gapray.eval.geneval import evaluate_image
 from gapray.models.janus import JanusAdapter
 from gapray.toy.detector import scene_detections
 from gapray.toy.pretrain_vq import cell_codes, to_pixels
 from gapray.toy.render import render
-from gapray.toy.world import COLORS, GRID, SHAPES, Scene, ToyObject, make_splits, near_miss, sample_scene
+from gapray.toy.world import (
+    COLORS,
+    GRID,
+    NEAR_MISS_KINDS,
+    SHAPES,
+    Scene,
+    ToyObject,
+    make_splits,
+    near_miss,
+    near_miss_kinds,
+    near_miss_scene,
+    sample_scene,
+)
 from gapray.types import GENEVAL_TAGS, Prompt
 
 
@@ -44,7 +60,7 @@ class UndBatch:
     attention_mask: torch.Tensor  # (B, L)
     pixel_values: torch.Tensor  # (B, 3, 32, 32)
     patch_targets: torch.Tensor  # (B, 16, 2) word ids (colour, shape); ("no", "no") for empty
-    labels: torch.Tensor  # (B,) bool: does the scene satisfy the asked prompt (GenEval rules)
+    labels: torch.Tensor  # (B,) bool: does the scene satisfy the asked prompt (exact or GenEval rule)
     tags: list[str]
 
     def to(self, device: torch.device | str) -> UndBatch:
@@ -99,23 +115,80 @@ def colour_near_miss(prompt: Prompt, rng: np.random.Generator, tries: int = 12) 
     return nm
 
 
+LABEL_RULES = ("exact", "geneval")
+"""How question_scene labels a scene: the exact-scene rule (default) or GenEval's lenient one."""
+DEFAULT_NEGATIVES = {kind: 1.0 for kind in NEAR_MISS_KINDS}
+"""Weights of the near-miss scene kinds among the negatives (renormalised over a tag's kinds)."""
+
+
+def parse_weights(text: str, names: tuple[str, ...], what: str) -> dict[str, float]:
+    """ "a=1,b=0.5" -> {"a": 1.0, "b": 0.5}; an error names `what` and the bad entry."""
+    out: dict[str, float] = {}
+    for kv in (t for t in text.split(",") if t.strip()):
+        key, sep, val = kv.partition("=")
+        key = key.strip()
+        if not sep or key not in names:
+            raise ValueError(f"{what}: entry {kv!r} is not name=weight with a name in {names}")
+        try:
+            out[key] = float(val)
+        except ValueError:
+            raise ValueError(f"{what}: weight of {key!r} is not a number: {val!r}") from None
+        if out[key] < 0:
+            raise ValueError(f"{what}: weight of {key!r} must be >= 0, got {out[key]}")
+    return out
+
+
 def question_scene(
-    prompt: Prompt, rng: np.random.Generator, distractor_p: float, colour_neg_p: float = 0.0
+    prompt: Prompt,
+    rng: np.random.Generator,
+    distractor_p: float,
+    colour_neg_p: float = 0.0,
+    *,
+    labels: str = "exact",
+    negatives: dict[str, float] | None = None,
 ) -> tuple[Scene, bool]:
-    """A scene to ask `prompt` about: the prompt's own or a near miss's (half each), with 1-2
-    distractor objects at rate distractor_p; the label is GenEval's verdict on it. For prompts
-    with colours, colour_neg_p of the near misses are colour changes: near_miss draws shape and
-    colour changes evenly, and the judge learned shape checks long before colour checks."""
+    """A scene to ask `prompt` about and its true answer.
+
+    labels="exact" (the recipe's default): half the scenes are the prompt's exact scene (yes);
+    the other half are near-miss scenes (`near_miss_scene`), the kind drawn by `negatives`
+    (kind -> weight, DEFAULT_NEGATIVES when None; renormalised over the kinds the prompt's tag
+    has), with 1-2 distractor objects added at rate distractor_p. The label is the exact-scene
+    rule's verdict on the scene, so clutter is "no".
+
+    labels="geneval" (the old recipe): the prompt's own scene or a near miss's (half each), with
+    1-2 distractors at rate distractor_p; the label is GenEval's verdict, so clutter is "yes".
+    For prompts with colours, colour_neg_p of the near misses are colour changes: near_miss draws
+    shape and colour changes evenly, and the judge learned shape checks long before colour checks.
+    """
+    if labels not in LABEL_RULES:
+        raise ValueError(f"labels must be one of {LABEL_RULES}, got {labels!r}")
+    if labels == "geneval":
+        if rng.random() < 0.5:
+            src = prompt
+        elif any(o.color for o in prompt.include) and rng.random() < colour_neg_p:
+            src = colour_near_miss(prompt, rng)
+        else:
+            src = near_miss(prompt, rng)
+        scene = sample_scene(src, rng)
+        if rng.random() < distractor_p:
+            scene = add_distractors(scene, rng, int(rng.integers(1, 3)))
+        ok, _ = evaluate_image(prompt, scene_detections(scene))
+        return scene, ok
+    weights = DEFAULT_NEGATIVES if negatives is None else negatives
     if rng.random() < 0.5:
-        src = prompt
-    elif any(o.color for o in prompt.include) and rng.random() < colour_neg_p:
-        src = colour_near_miss(prompt, rng)
+        scene = sample_scene(prompt, rng)
     else:
-        src = near_miss(prompt, rng)
-    scene = sample_scene(src, rng)
-    if rng.random() < distractor_p:
-        scene = add_distractors(scene, rng, int(rng.integers(1, 3)))
-    ok, _ = evaluate_image(prompt, scene_detections(scene))
+        kinds = [k for k in near_miss_kinds(prompt) if weights.get(k, 0.0) > 0]
+        if not kinds:
+            raise ValueError(
+                f"negatives {weights} give no near-miss kind for tag {prompt.tag!r} "
+                f"(its kinds: {near_miss_kinds(prompt)})"
+            )
+        w = np.array([weights[k] for k in kinds], dtype=float)
+        scene = near_miss_scene(prompt, rng, kinds[rng.choice(len(kinds), p=w / w.sum())])
+        if rng.random() < distractor_p:
+            scene = add_distractors(scene, rng, int(rng.integers(1, 3)))
+    ok, _ = exact_scene(prompt, scene_detections(scene))
     return scene, ok
 
 
@@ -125,8 +198,18 @@ def und_batch(
     rng: np.random.Generator,
     distractor_p: float,
     colour_neg_p: float = 0.0,
+    *,
+    labels: str = "exact",
+    negatives: dict[str, float] | None = None,
 ) -> UndBatch:
-    scenes, labels = zip(*(question_scene(p, rng, distractor_p, colour_neg_p) for p in prompts), strict=True)
+    """One understanding batch of `prompts`, scenes and labels from `question_scene`."""
+    scenes, answers = zip(
+        *(
+            question_scene(p, rng, distractor_p, colour_neg_p, labels=labels, negatives=negatives)
+            for p in prompts
+        ),
+        strict=True,
+    )
     q = adapter.question
     texts = [adapter.judge_template.format(question=q.format(prompt=p.text)) for p in prompts]
     # The processor expands <image_placeholder> exactly as judge() does; pixels come straight from
@@ -141,7 +224,7 @@ def und_batch(
         enc["attention_mask"],
         to_pixels(list(scenes)),
         patch_words(adapter, list(scenes)),
-        torch.tensor(labels),
+        torch.tensor(answers),
         [p.tag for p in prompts],
     )
 

@@ -302,7 +302,17 @@ def main(argv: list[str] | None = None) -> int:
             cfg_scale=args.cfg_scale,
             temperature=args.temperature,
         )
-        keys = ("understanding_accuracy", "geneval_overall", "non_unification", "judge_balanced_accuracy")
+        keys = (
+            "understanding_accuracy",
+            "understanding_per_tag",
+            "understanding_per_kind",
+            "exact_scene_overall",
+            "objects_per_image",
+            "geneval_overall",
+            "non_unification",
+            "judge_balanced_accuracy",
+            "judge_balanced_accuracy_exact",
+        )
         print("[pretrain] eval " + json.dumps({k: metrics.get(k) for k in keys}), flush=True)
     return 0
 

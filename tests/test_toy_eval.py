@@ -9,6 +9,7 @@ determinism are checked here, not quality).
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from gapray.eval.geneval import evaluate_image
 from gapray.eval.images import grid_rows, make_grid
 from gapray.eval.toy_eval import (
     QUESTION_KINDS,
+    Question,
     evaluate,
     main,
     self_judge_metrics,
@@ -118,6 +120,16 @@ def test_understanding_metrics():
     assert m["understanding_no_rate_on_negative"] == pytest.approx(0.5)
     assert m["n_questions"] == 4
     assert "understanding_per_kind" not in m  # only with kinds
+
+
+def test_question_is_a_three_tuple_with_a_kind():
+    q = Question("counting", True, False, "count_off_by_one")
+    tag, answer, decision = q  # EvalShare.questions' (tag, answer, decision) contract
+    assert (tag, answer, decision, q.kind) == ("counting", True, False, "count_off_by_one")
+    back = pickle.loads(pickle.dumps(q))  # a sharded eval sends shares between processes
+    assert back == q and back.kind == "count_off_by_one"
+    with pytest.raises(ValueError, match="kind"):
+        Question("counting", True, False, "clutter")
 
 
 def test_understanding_metrics_per_kind():

@@ -24,7 +24,9 @@ from gapray.workers.sync import (
     WeightExporter,
     WeightLedger,
     apply_update,
+    as_bytes_array,
     check_manifest,
+    copy_into,
     on_the_wire,
     same_bytes,
 )
@@ -99,19 +101,53 @@ def test_same_bytes_compares_every_byte():
 def test_a_flat_bucket_gives_back_each_tensor_whatever_its_dtype():
     tensors = {
         "f": torch.arange(6, dtype=torch.float32).reshape(2, 3),
-        "h": torch.tensor([1.5, -2.0, 3.25], dtype=torch.bfloat16),  # 6 bytes: padded to 64
+        "h": torch.tensor([1.5, -2.0, 3.25], dtype=torch.bfloat16),  # numpy has no bfloat16
         "i": torch.tensor(7, dtype=torch.int64),  # 0-d
         "e": torch.empty(0, 5),
     }
     specs = SyncManifest.of([tensors]).buckets[0]
-    offsets, size = FlatBucket.layout(specs)
-    assert offsets == [0, 64, 128, 192] and size == 192  # 24, 6 and 8 bytes each round up to 64
-    flat = torch.zeros(size, dtype=torch.uint8)
-    for t, off in zip(tensors.values(), offsets, strict=True):
-        flat[off : off + t.numel() * t.element_size()] = t.reshape(-1).view(torch.uint8)
-    back = FlatBucket(specs, flat.numpy()).tensors()
+    wire = FlatBucket(specs, [as_bytes_array(t.clone()) for t in tensors.values()])
+    back = wire.tensors()
     assert list(back) == list(tensors)
-    assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in tensors.items())
+    assert all(back[k].dtype == v.dtype and back[k].shape == v.shape for k, v in tensors.items())
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
+    short = FlatBucket(specs, [as_bytes_array(t) for t in list(tensors.values())[:3]])
+    with pytest.raises(ValueError, match="lists 4 tensors but holds 3"):
+        short.tensors()
+    wrong = FlatBucket(specs[:1], [as_bytes_array(torch.zeros(5))])
+    with pytest.raises(ValueError, match="f arrived as 20 bytes, its spec says 24"):
+        wrong.tensors()
+
+
+def test_the_exporter_reuses_its_kept_copies_and_a_frozen_tensor_never_travels():
+    learner = tiny_janus(seed=0)
+    learner.set_trainable("llm")
+    params = dict(learner.model.named_parameters())
+    frozen = next(n for n, p in params.items() if not p.requires_grad)
+    ex = WeightExporter()
+    first, _ = _export(ex, learner.model)
+    kept = {n: t.data_ptr() for n, t in ex.sent.items()}
+    with torch.no_grad():
+        params[NORM].add_(1.0)
+        params[frozen].add_(1.0)  # not trainable: never compared, never sent
+    second, [bucket] = _export(ex, learner.model)
+    assert frozen not in first.names and second.names == [NORM]
+    assert torch.equal(bucket[NORM], params[NORM]) and torch.equal(ex.sent[NORM], params[NORM])
+    assert {n: t.data_ptr() for n, t in ex.sent.items()} == kept  # copied in place, no new buffers
+    assert _export(ex, learner.model)[0].names == []  # the kept copy is what the next compares
+
+
+def test_copy_into_copies_bytes_exactly_or_falls_back_to_torch():
+    src = torch.tensor([1.0, float("nan"), -0.0])
+    dst = torch.zeros(3)
+    copy_into(dst, src)
+    assert same_bytes(dst, src)
+    strided = torch.zeros(3, 2)[:, 0]  # not contiguous: torch's copy_
+    copy_into(strided, src)
+    assert same_bytes(strided.contiguous(), src)
+    half = torch.zeros(3, dtype=torch.bfloat16)  # another dtype: converted by copy_
+    copy_into(half, torch.tensor([1.0, 2.0, 3.0]))
+    assert half.tolist() == [1.0, 2.0, 3.0]
 
 
 def test_on_the_wire_the_manifest_rides_on_the_first_bucket_and_a_worker_applies_it():

@@ -104,7 +104,7 @@ class UpdatePlan:
         changed = 0
         with torch.no_grad():
             for name, t in self.plain.items():
-                self.params[name].copy_(t)
+                copy_into(self.params[name].data, t)
                 changed += 1
             for prefix, (a, b) in self.merges.items():
                 assert self.merge_state is not None  # check_update refuses LoRA without one
@@ -254,29 +254,20 @@ class SyncManifest:
         return max((sum(t.nbytes for t in b) for b in self.buckets), default=0)
 
 
-ALIGN = 64  # byte offset of each tensor in a FlatBucket (any dtype's view is aligned)
-
-
 @dataclass
 class FlatBucket:
-    """One bucket on the wire: its tensors' specs and all their bytes in one flat uint8 array.
-    A numpy array travels through Ray's object store without a copy on the way out (the
-    receiver's `tensors()` are read-only views of the store's buffer), so a bucket costs the
-    receiver one copy: into its own parameters. The first bucket of a push carries the push's
-    manifest (`on_the_wire`), checked whole by the receiver before this bucket is applied."""
+    """One bucket on the wire: its tensors' specs and each tensor's bytes as a flat uint8 numpy
+    array (`data`, one per spec, in order). Numpy arrays travel through Ray's object store
+    out of band: the sender's put is the one copy on the way out (no gathered intermediate
+    buffer), and the receiver's `tensors()` are read-only views of the store's buffer, so a
+    bucket costs the receiver one copy: into its own parameters. In process (no Ray) the
+    arrays are views of the exporter's kept copies, valid until its next export. The first
+    bucket of a push carries the push's manifest (`on_the_wire`), checked whole by the
+    receiver before this bucket is applied."""
 
     specs: tuple[TensorSpec, ...]
-    data: object  # numpy uint8 array
+    data: list  # numpy uint8 arrays, one per spec
     manifest: SyncManifest | None = None
-
-    @staticmethod
-    def layout(specs) -> tuple[list[int], int]:
-        """(byte offset of each tensor, total bytes)."""
-        offsets, size = [], 0
-        for t in specs:
-            offsets.append(size)
-            size += -(-t.nbytes // ALIGN) * ALIGN
-        return offsets, size
 
     @property
     def names(self) -> list[str]:
@@ -286,28 +277,48 @@ class FlatBucket:
         """name -> tensor, views of `data` (read-only where data is the object store's)."""
         import warnings
 
-        offsets, _ = self.layout(self.specs)
+        if len(self.data) != len(self.specs):
+            raise ValueError(
+                f"weight update: a bucket lists {len(self.specs)} tensors but holds {len(self.data)}"
+            )
+        out = {}
         with warnings.catch_warnings():  # a read-only buffer: the views are only read
             warnings.simplefilter("ignore", UserWarning)
-            flat = torch.from_numpy(self.data)
-        typed: dict[torch.dtype, torch.Tensor] = {}  # one view of the whole buffer per dtype
-        out = {}
-        for t, o in zip(self.specs, offsets, strict=True):
-            dtype = t.torch_dtype
-            if dtype not in typed:
-                usable = len(self.data) // dtype.itemsize * dtype.itemsize
-                typed[dtype] = flat[:usable].view(dtype)
-            # offsets are multiples of ALIGN, so of every element size: one strided view each
-            out[t.name] = typed[dtype].as_strided(t.shape, _contiguous_strides(t.shape), o // dtype.itemsize)
+            for t, arr in zip(self.specs, self.data, strict=True):
+                if arr.nbytes != t.nbytes:
+                    raise ValueError(
+                        f"weight update: {t.name} arrived as {arr.nbytes} bytes, its spec says {t.nbytes}"
+                    )
+                if t.nbytes == 0:  # no bytes to view (a 0-byte array's stride is 0)
+                    out[t.name] = torch.empty(t.shape, dtype=t.torch_dtype)
+                else:
+                    out[t.name] = torch.from_numpy(arr).view(t.torch_dtype).view(t.shape)
         return out
 
 
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
+def as_bytes_array(t: torch.Tensor):
+    """A contiguous CPU tensor's bytes as a flat uint8 numpy array (a view, no copy)."""
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst[...] = src. Two contiguous CPU tensors of one dtype and shape: one memmove (no
+    intra-op thread pool: on a loaded machine torch's parallel copy waited for a descheduled
+    thread per tensor); anything else: torch's copy_."""
+    if (
+        dst.device.type == src.device.type == "cpu"
+        and dst.dtype == src.dtype
+        and dst.shape == src.shape
+        and dst.is_contiguous()
+        and src.is_contiguous()
+    ):
+        n = dst.numel() * dst.element_size()
+        if n:
+            import ctypes
+
+            ctypes.memmove(dst.data_ptr(), src.data_ptr(), n)
+        return
+    dst.copy_(src)
 
 
 def on_the_wire(items: Iterable[SyncManifest | FlatBucket]) -> Iterator[SyncManifest | FlatBucket]:
@@ -475,20 +486,31 @@ class WeightExporter:
         if emit:
             yield manifest
         for group, specs in zip(groups, manifest.buckets, strict=True):
-            offsets, size = FlatBucket.layout(specs)
-            flat = torch.empty(size, dtype=torch.uint8)
-            for (name, p), spec, off in zip(group, specs, offsets, strict=True):
-                view = flat[off : off + spec.nbytes].view(spec.torch_dtype).view(spec.shape)
+            arrays = []
+            for name, p in group:
                 if _is_dtensor(p):
-                    view.copy_(p.full_tensor().detach())  # collective: every rank, same order
-                    self.sent[name] = _local(p).to("cpu", copy=True)
+                    value = (
+                        p.full_tensor().detach().to("cpu").contiguous()
+                    )  # collective: every rank, same order
+                    self._keep(name, _local(p))
                 else:
-                    # One copy serves both: the value sent (never changed in place) and what
-                    # the next export compares against.
-                    view.copy_(p.detach())
-                    self.sent[name] = view
+                    # One copy serves both: the value sent (Ray's put copies it out) and what
+                    # the next export compares against; kept in place, no new buffer a push.
+                    value = self._keep(name, p.detach())
+                if emit:
+                    arrays.append(as_bytes_array(value))
             if emit:
-                yield FlatBucket(specs, flat.numpy())
+                yield FlatBucket(specs, arrays)
+
+    def _keep(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """Copy `value` into the kept CPU copy of `name` (made once, reused while its shape and
+        dtype hold) and return that copy."""
+        kept = self.sent.get(name)
+        if kept is None or kept.shape != value.shape or kept.dtype != value.dtype:
+            kept = torch.empty(value.shape, dtype=value.dtype)
+            self.sent[name] = kept
+        copy_into(kept, value)
+        return kept
 
 
 class ExportStream:

@@ -277,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
                 model.eval()
                 q = quick_understanding(adapter, splits["test"], seed=1, n=48)
                 print(f"[lm {state['step']}] test understanding {q['acc']:.3f} {q['per_tag']}", flush=True)
+                kinds = {k: round(v, 3) for k, v in q["per_kind"].items()}
+                print(
+                    f"[lm {state['step']}] test exact-scene understanding {q['exact_acc']:.3f} {kinds}",
+                    flush=True,
+                )
                 model.train()
                 model.model.vqmodel.eval()
             maybe_save()

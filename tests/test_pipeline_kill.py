@@ -12,6 +12,7 @@ the killed run can finish a write after the kill.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -144,8 +145,6 @@ def test_sigkilled_async_driver_resumes_without_duplicate_steps_or_samples(tmp_p
         assert rows[-1]["version"] - rows[0]["version"] == STEPS  # one weight sync per step
     finally:
         for pid in _ray_processes(ray_dir):  # only this test's Ray, by pid
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         shutil.rmtree(ray_dir, ignore_errors=True)

@@ -106,7 +106,8 @@ def test_sigkilled_async_driver_resumes_without_duplicate_steps_or_samples(tmp_p
 
         run = RunDir(out)
         logged = sorted(int(p.stem.removeprefix("step_")) for p in metrics.glob("step_*.parquet"))
-        # The kill landed inside step KILL_AFTER + 1 (its generation was launched a step ahead).
+        # The kill landed after step KILL_AFTER was logged (maybe while its checkpoint was being
+        # written) and before step KILL_AFTER + 1 was, whose generation was launched a step ahead.
         assert logged == list(range(KILL_AFTER + 1)), f"kill was not mid-step {KILL_AFTER + 1}: {logged}"
         ckpt = latest_checkpoint(out / "checkpoints")  # verified (manifest + hashes): no torn one
         assert ckpt is not None
@@ -116,6 +117,7 @@ def test_sigkilled_async_driver_resumes_without_duplicate_steps_or_samples(tmp_p
         launched = state["pipeline"]["launched"]  # k = 1: the prompts of step c + 1, already drawn
         assert list(launched) == [str(c + 1)] and len(launched[str(c + 1)]) == 4
         first = {s: run.read_rollouts(s).to_pydict() for s in range(1, KILL_AFTER + 1)}
+        print(f"killed with checkpoint step {c} the newest; steps {list(first)} logged")
 
         # ---- run 2: `gapray run run.resume=DIR` (a saved run takes its config.yaml; the CLI
         # refuses group overrides such as model=tiny on resume)
@@ -134,6 +136,10 @@ def test_sigkilled_async_driver_resumes_without_duplicate_steps_or_samples(tmp_p
         # the seeds an uninterrupted run gives that step (fixed by run seed and step).
         assert redone["prompt_id"] == [pid for pid in launched[str(c + 1)] for _ in range(4)]
         assert redone["seed"] == row_seeds(0, c + 1, ROWS).tolist()
+        if c + 1 in first:  # killed between logging step c + 1 and finishing its checkpoint:
+            # the killed run's own records of that step are an uninterrupted run's; the redo has
+            # its prompts and seeds (its tokens may differ: it generates from checkpoint c's weights)
+            assert (redone["prompt_id"], redone["seed"]) == (first[c + 1]["prompt_id"], first[c + 1]["seed"])
         # The killed run's optimizer steps after the checkpoint are not counted (nor kept): the
         # final update count is exactly the sum of the logged steps'.
         assert rows[-1]["optimizer_updates"] == sum(m["optimizer_steps"] for m in rows[1:]) > 0

@@ -52,7 +52,8 @@ class EvalShare:
     """One per image: index, sample, prompt_id, tag, prompt, judge_p_yes, judge_yes, ok (the
     verdict that colours its grid frame) and the evaluator's own fields."""
     questions: list[tuple[str | None, bool, bool]] = field(default_factory=list)
-    """Understanding questions asked, if the evaluator asks any: (tag, true answer, decision)."""
+    """Understanding questions asked, if the evaluator asks any: (tag, true answer, decision);
+    the toy evaluator's are toy_eval.Question, the same 3-tuple with the pair's kind as .kind."""
     tiles: dict[int, list[bytes]] = field(default_factory=dict)
     """Grid tiles (PNG bytes) of the prompts shown in grid.png, by prompt index."""
     version: int = 0

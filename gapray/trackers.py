@@ -66,22 +66,32 @@ def scalars(row: Mapping[str, Any]) -> dict[str, float]:
 
 
 class TensorBoardTracker:
-    """Scalars in `<run dir>/tensorboard/events.out.tfevents.*`, one tag per metric name."""
+    """Scalars in `<run dir>/tensorboard/events.out.tfevents.*`, one tag per metric name.
+
+    The event file opens at the first row, with that row's step as TensorBoard's purge step: a
+    resumed run that redoes steps T.. (a driver killed after logging step T but before its
+    checkpoint) writes a new file that hides the killed run's events at steps >= T, so
+    TensorBoard shows each step once, as metrics/ has it."""
 
     def __init__(self, run_dir: Path):
-        from tensorboardX import SummaryWriter
+        import tensorboardX  # noqa: F401  (fail here, before the run, if the extra is missing)
 
         self.logdir = Path(run_dir) / "tensorboard"
-        self.writer = SummaryWriter(logdir=str(self.logdir), flush_secs=30)
+        self.writer = None
 
     def log(self, step: int, row: Mapping[str, Any]) -> None:
+        if self.writer is None:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(logdir=str(self.logdir), flush_secs=30, purge_step=step)
         for k, v in scalars(row).items():
             if k != "step":
                 self.writer.add_scalar(k, v, global_step=step)
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class WandbTracker:

@@ -125,3 +125,29 @@ def test_a_run_and_its_resume_log_metrics_parquet_to_all_three(tmp_path):
     assert same(wandb_history(out / "wandb"), want)
     runs = mlflow_metrics(out / "mlruns")
     assert list(runs) == ["run"] and same(runs["run"], want)
+
+
+def test_a_resumed_run_hides_its_redone_steps_in_tensorboard(tmp_path):
+    """A driver killed after logging step 2 but before its checkpoint: the resumed run redoes
+    step 2 and goes on; TensorBoard (purge step) shows each step once, the redone value."""
+    import time
+
+    first = TensorBoardTracker(tmp_path)
+    for r in ROWS:
+        first.log(int(r["step"]), r)
+    first.close()
+    time.sleep(1.1)  # event files are named by the second they open in
+    # the redone step 2 has no "ok": only the purge hides the killed run's ok at step 2
+    redone = [
+        {"step": 2, "version": 2, "loss": 0.4, "pairs": 5},
+        {"step": 3, "version": 3, "loss": 0.3},
+    ]
+    second = TensorBoardTracker(tmp_path)
+    for r in redone:
+        second.log(int(r["step"]), r)
+    second.close()
+    got = tensorboard_scalars(tmp_path / "tensorboard")
+    assert len(list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))) == 2
+    assert got["loss"] == {1: pytest.approx(0.69), 2: pytest.approx(0.4), 3: pytest.approx(0.3)}
+    assert got["pairs"] == {1: 4.0, 2: 5.0} and got["version"] == {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0}
+    assert got["ok"] == {1: 1.0}

@@ -17,15 +17,17 @@ from pathlib import Path
 
 
 def tensorboard_scalars(logdir: Path) -> dict[str, dict[int, float]]:
-    """Every scalar in every events.out.tfevents.* file under `logdir`."""
+    """Every scalar under `logdir` as TensorBoard shows it: event files in the order they were
+    written (first event's wall time), and a SessionLog START at step T (a writer's purge_step)
+    hides every earlier event at a step >= T."""
     from tensorboardX.proto import event_pb2
 
-    out: dict[str, dict[int, float]] = {}
     files = sorted(Path(logdir).rglob("events.out.tfevents.*"))
     assert files, f"no event files under {logdir}"
+    per_file = []
     for path in files:
         data = path.read_bytes()
-        pos = 0
+        pos, events = 0, []
         while pos < len(data):
             # TFRecord: uint64 length, uint32 crc(length), payload, uint32 crc(payload)
             (length,) = struct.unpack("<Q", data[pos : pos + 8])
@@ -33,6 +35,16 @@ def tensorboard_scalars(logdir: Path) -> dict[str, dict[int, float]]:
             pos += 12 + length + 4
             event = event_pb2.Event()
             event.ParseFromString(payload)
+            events.append(event)
+        per_file.append(events)
+    per_file.sort(key=lambda events: events[0].wall_time if events else 0.0)
+    out: dict[str, dict[int, float]] = {}
+    for events in per_file:
+        for event in events:
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                for steps in out.values():
+                    for s in [s for s in steps if s >= event.step]:
+                        del steps[s]
             for v in event.summary.value:
                 out.setdefault(v.tag, {})[int(event.step)] = float(v.simple_value)
     return out

@@ -161,7 +161,7 @@ def test_question_scene_exact_labels():
     for tag, prompts in all_prompts().items():
         for k in range(60):
             p = prompts[k % len(prompts)]
-            scene, label = question_scene(p, rng, distractor_p=0.3)
+            scene, label = question_scene(p, rng, distractor_p=0.3, labels="exact")
             assert label == _exact(p, scene)
             labels[tag].append(label)
     for tag, ls in labels.items():
@@ -173,7 +173,7 @@ def test_question_scene_extra_object_is_no():
     rng = np.random.default_rng(1)
     seen = lenient_yes = 0
     for _ in range(80):
-        scene, label = question_scene(p, rng, 0.0, negatives={"extra_object": 1.0})
+        scene, label = question_scene(p, rng, 0.0, labels="exact", negatives={"extra_object": 1.0})
         if len(scene.objects) > 1:
             seen += 1
             assert label is False
@@ -200,7 +200,9 @@ def test_question_scene_negatives_without_a_kind_for_the_tag():
     p = _prompt("counting", "a photo of two circles")
     with pytest.raises(ValueError, match="counting"):
         for seed in range(20):
-            question_scene(p, np.random.default_rng(seed), 0.0, negatives={"swapped_relation": 1.0})
+            question_scene(
+                p, np.random.default_rng(seed), 0.0, labels="exact", negatives={"swapped_relation": 1.0}
+            )
 
 
 def test_parse_weights():

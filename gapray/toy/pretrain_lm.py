@@ -9,12 +9,12 @@ and sums three losses, each through the same prompt formats the adapter uses at 
   cell). This is what breaks the understanding plateau: a dense, first-order signal that ties
   each image token to words before any question-vs-image matching is needed.
 - answer loss: cross-entropy of "yes"/"no" at the last position of the judge prompt
-  (`adapter.judge_template` + `adapter.question`); labels come from the exact-scene rule on the
-  scene (`exact_scene`: what the prompt asks and nothing else), so clutter gets "no". Scenes are
-  the prompt's exact scene (yes) or a near-miss scene (`near_miss_scene`: an extra object, a
-  count off by one, a swapped relation, a wrong colour or shape; kinds weighted by the recipe's
-  --negatives). `labels="geneval"` (--labels geneval) keeps the old recipe: GenEval's lenient
-  verdict, where distractor objects still get "yes".
+  (`adapter.judge_template` + `adapter.question`), labelled by one of two rules (the recipe's
+  --labels). geneval (its default, the shipped model's recipe): GenEval's lenient verdict, where
+  distractor objects still get "yes". exact: the exact-scene rule (`exact_scene`: what the
+  prompt asks and nothing else), so clutter gets "no"; scenes are the prompt's exact scene (yes)
+  or a near-miss scene (`near_miss_scene`: an extra object, a count off by one, a swapped
+  relation, a wrong colour or shape; kinds weighted by --negatives).
 - generation NLL: teacher-forced image-token log-probs (as `image_logits`), with CFG dropout:
   a share of rows use Janus's unconditional prompt (all tokens but <bos> and <begin_of_image>
   replaced by pad) so CFG sampling works.
@@ -116,7 +116,7 @@ def colour_near_miss(prompt: Prompt, rng: np.random.Generator, tries: int = 12) 
 
 
 LABEL_RULES = ("exact", "geneval")
-"""How question_scene labels a scene: the exact-scene rule (default) or GenEval's lenient one."""
+"""How question_scene labels a scene: the exact-scene rule or GenEval's lenient one."""
 DEFAULT_NEGATIVES = {kind: 1.0 for kind in NEAR_MISS_KINDS}
 """Weights of the near-miss scene kinds among the negatives (renormalised over a tag's kinds)."""
 
@@ -144,12 +144,14 @@ def question_scene(
     distractor_p: float,
     colour_neg_p: float = 0.0,
     *,
-    labels: str = "exact",
+    labels: str,
     negatives: dict[str, float] | None = None,
 ) -> tuple[Scene, bool]:
     """A scene to ask `prompt` about and its true answer.
 
-    labels="exact" (the recipe's default): half the scenes are the prompt's exact scene (yes);
+    labels (LABEL_RULES; no default here: `gapray toy pretrain --labels` owns it):
+
+    labels="exact": half the scenes are the prompt's exact scene (yes);
     the other half are near-miss scenes (`near_miss_scene`), the kind drawn by `negatives`
     (kind -> weight, DEFAULT_NEGATIVES when None; renormalised over the kinds the prompt's tag
     has), with 1-2 distractor objects added at rate distractor_p. The label is the exact-scene
@@ -199,7 +201,7 @@ def und_batch(
     distractor_p: float,
     colour_neg_p: float = 0.0,
     *,
-    labels: str = "exact",
+    labels: str,
     negatives: dict[str, float] | None = None,
 ) -> UndBatch:
     """One understanding batch of `prompts`, scenes and labels from `question_scene`."""
@@ -352,7 +354,8 @@ def patch_accuracy(adapter: JanusAdapter, scenes: list[Scene]) -> float:
     words as its top two (the per-patch readout the patch loss trains); chance is ~2/V^2."""
     # Any question will do: only the image-token positions are read (they precede the text).
     prompts = [make_splits(0)["train"][0]] * len(scenes)
-    batch = und_batch(adapter, prompts, np.random.default_rng(0), 0.0)
+    # only the image-token positions are read: the label rule does not matter
+    batch = und_batch(adapter, prompts, np.random.default_rng(0), 0.0, labels="geneval")
     batch = UndBatch(
         batch.input_ids,
         batch.attention_mask,

@@ -35,7 +35,6 @@ from gapray.eval.geneval import evaluate_image
 from gapray.models.janus import JanusAdapter
 from gapray.toy.detector import scene_detections
 from gapray.toy.pretrain_vq import cell_codes, to_pixels
-from gapray.toy.render import render
 from gapray.toy.world import (
     COLORS,
     GRID,
@@ -300,51 +299,26 @@ def gen_nll(
 
 @torch.no_grad()
 def quick_understanding(adapter: JanusAdapter, prompts: list[Prompt], seed: int = 0, n: int = 96) -> dict:
-    """Balanced yes/no accuracy through `adapter.judge` on rendered scenes of a seeded subset of
-    `prompts`, like toy_eval's understanding metric. "acc" and "per_tag": one scene per prompt,
-    asked about the prompt (yes) and a near miss prompt (no), the same questions as before the
-    exact-scene kinds; "exact_acc" and "per_kind": per near-miss scene kind of the prompt's tag,
-    an exact scene (yes) and a near-miss scene of that kind (no), both asked about the prompt."""
+    """toy_eval's understanding questions (`understanding_questions`) on a seeded subset of n
+    `prompts`, for the training log: "acc" and "per_tag" over the prompt_near_miss pairs (one
+    scene asked about its prompt and a near miss prompt), "exact_acc" and "per_kind" over the
+    exact-scene near-miss scene pairs."""
+    from gapray.eval.toy_eval import understanding_metrics, understanding_questions
+
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(prompts), size=min(n, len(prompts)), replace=False)
-    images, texts, answers, tags, kinds = [], [], [], [], []
-    for i in idx:
-        p = prompts[i]
-        im = render(sample_scene(p, rng))
-        images += [im, im]
-        texts += [p.text, near_miss(p, rng).text]
-        answers += [True, False]
-        tags += [p.tag, p.tag]
-        kinds += [None, None]
-    # The exact-scene pairs draw from their own generator, so the old questions stay the same.
-    krng = np.random.default_rng([seed, 1])
-    for i in idx:
-        p = prompts[i]
-        for kind in near_miss_kinds(p):
-            images += [render(sample_scene(p, krng)), render(near_miss_scene(p, krng, kind))]
-            texts += [p.text, p.text]
-            answers += [True, False]
-            tags += [p.tag, p.tag]
-            kinds += [kind, kind]
-    dec = adapter.judge(images, texts).decision.tolist()
-    hits = [a == d for a, d in zip(answers, dec, strict=True)]
-    old = [h for h, k in zip(hits, kinds, strict=True) if k is None]
-    old_tags = [t for t, k in zip(tags, kinds, strict=True) if k is None]
-    per = {
-        t: float(np.mean([h for h, tt in zip(old, old_tags, strict=True) if tt == t]))
-        for t in dict.fromkeys(old_tags)
-    }
-    exact = [(h, k) for h, k in zip(hits, kinds, strict=True) if k is not None]
-    per_kind = {
-        k: float(np.mean([h for h, kk in exact if kk == k]))
-        for k in NEAR_MISS_KINDS
-        if any(kk == k for _, kk in exact)
-    }
+    idx = sorted(int(i) for i in rng.choice(len(prompts), size=min(n, len(prompts)), replace=False))
+    qs = understanding_questions(
+        adapter, [prompts[i] for i in idx], idx, seed=seed, batch_size=len(idx) * 12, progress=False
+    )
+    old = [q for q in qs if q.kind == "prompt_near_miss"]
+    exact = [q for q in qs if q.kind != "prompt_near_miss"]
+    m_old = understanding_metrics(*zip(*old, strict=True))
+    m_exact = understanding_metrics(*zip(*exact, strict=True), [q.kind for q in exact])
     return {
-        "acc": float(np.mean(old)),
-        "per_tag": per,
-        "exact_acc": float(np.mean([h for h, _ in exact])),
-        "per_kind": per_kind,
+        "acc": m_old["understanding_accuracy"],
+        "per_tag": m_old["understanding_per_tag"],
+        "exact_acc": m_exact["understanding_accuracy"],
+        "per_kind": m_exact["understanding_per_kind"],
     }
 
 

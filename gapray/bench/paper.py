@@ -1,5 +1,7 @@
 """`gapray bench paper`: the paper's table (base, SFT, C-SFT, DPO, C-DPO) and gapray's online
-variants, on the toy model, several seeds, mean +- sd, checked against the issue's targets.
+variants, on the toy model, several seeds: mean +- sd, each trained row's difference from its own
+seed's base with a paired bootstrap 95% interval, and a plain verdict per row (improves or not:
+exact-scene accuracy up with the interval above 0, without drawing more objects).
 
 Every trained row is the default toy run (configs/run/toy.yaml) plus the overrides in `ROWS`
 below, at the same steps and the same prompt budget (steps x prompts_per_step x
@@ -9,12 +11,12 @@ trains nothing: it is the start evaluation of the trained rows of that seed (sam
 same evaluation seed), so it costs no extra run; the table says whether those start
 evaluations agreed.
 
-    gapray bench paper                                   # all rows, seeds 0 1 2, the toy run's steps
+    gapray bench paper                                   # all rows, seeds 0-4, the toy run's steps
     gapray bench paper --rows base,dpo,c-dpo --seeds 1   # a subset
     gapray bench paper --steps 20 run.eval_every=20      # config overrides pass through
 
 One (row, seed) of the default toy run (100 steps) took 138-191 s on a quiet 2-core CPU, so the
-whole table (6 trained rows x 3 seeds) takes about 50 minutes there. Prints a Markdown table and writes
+whole table (6 trained rows x 5 seeds, 30 runs) takes 70-95 minutes there. Prints a Markdown table and writes
 <out>/paper-<model>-<timestamp>.json and .md, rewritten after every run (with "complete":
 false until the last), so an interrupted bench keeps what it measured. Run directories go to
 --scratch (default: a temporary folder, removed at the end).
@@ -64,11 +66,19 @@ ROWS: tuple[Row, ...] = (
 )
 ROW_BY_KEY = {r.key: r for r in ROWS}
 
-# The issue's targets, checked on the mean over seeds of (final - base) per seed.
+# The targets (issue 12: self-improvement, not judge-gaming), on the per-seed differences from
+# base: exact-scene accuracy up by EXACT_GAIN on the mean with the paired bootstrap 95% interval
+# above 0, objects per image up by no more than OBJECTS_RISE (a fuller picture is not a better
+# one), understanding no more than UNDERSTANDING_TOLERANCE below base.
 TARGET_ROWS = ("dpo", "c-dpo")
-GENEVAL_GAIN = 0.05  # GenEval overall above base by at least this
-UNDERSTANDING_TOLERANCE = 0.02  # understanding within this of base, or higher
-# non-unification: below base
+EXACT_GAIN = 0.05
+OBJECTS_RISE = 0.5
+UNDERSTANDING_TOLERANCE = 0.02
+INTERVAL_LEVEL = 0.95
+INTERVAL_DRAWS = 10_000
+# Reported beside them, no longer binding: the paper's own reading (GenEval up by 0.05,
+# non-unification below base), which a policy drawing clutter met on the toy world.
+GENEVAL_GAIN = 0.05
 
 METRICS = (
     "geneval_overall",
@@ -250,7 +260,7 @@ def aggregate(plan: Plan, runs: list[dict], base_runs: list[dict]) -> dict:
         for k in METRICS:
             vals = [p["values"][k] for p in per_seed]
             deltas = [_minus(p["values"][k], base[p["seed"]][k]) for p in per_seed]
-            stats[k] = _stat(vals) | {"delta": _stat(deltas)}
+            stats[k] = _stat(vals) | {"delta": _stat(deltas) | _interval(deltas)}
         tags = {t: _stat([p["values"]["geneval_per_tag"].get(t) for p in per_seed]) for t in GENEVAL_TAGS}
         walls = [p["wall_s"] for p in per_seed if p["wall_s"] is not None]
         rows[row.key] = {
@@ -268,30 +278,58 @@ def aggregate(plan: Plan, runs: list[dict], base_runs: list[dict]) -> dict:
 
 
 def check(row: Row, stats: dict, n: int) -> dict:
-    """The issue's targets on the mean per-seed difference from base. Every trained row is
-    checked; only TARGET_ROWS are bound by them."""
+    """The targets on the per-seed differences from base (mean and paired bootstrap interval).
+    Every trained row is checked and says plainly whether it improves; only TARGET_ROWS are
+    bound by the targets."""
     if row.overrides is None:
-        return {"binding": False, "met": None, "misses": [], "text": "-"}
+        return {"binding": False, "met": None, "improves": None, "misses": [], "text": "-"}
     binding = row.key in TARGET_ROWS
     if n == 0:
         text = "**MISSED**: no finished run" if binding else "(not a target row) no finished run"
-        return {"binding": binding, "met": False, "misses": ["no finished run"], "text": text}
-    g = stats["geneval_overall"]["delta"]["mean"]
-    nu = stats["non_unification"]["delta"]["mean"]
+        return {
+            "binding": binding,
+            "met": False,
+            "improves": None,
+            "misses": ["no finished run"],
+            "text": text,
+        }
+    ex = stats["exact_scene_overall"]["delta"]
+    ob = stats["objects_per_image"]["delta"]["mean"]
     u = stats["understanding_accuracy"]["delta"]["mean"]
     misses = []
-    if g is None or g < GENEVAL_GAIN:
-        misses.append(f"GenEval {_d(g)} (< +{GENEVAL_GAIN:.2f})")
-    if nu is None or nu >= 0:
-        misses.append(f"non-unif. {_d(nu)} (not below base)")
+    if ex["mean"] is None or ex["mean"] < EXACT_GAIN:
+        misses.append(f"exact scene {_d(ex['mean'])} (< +{EXACT_GAIN:.2f})")
+    if ex.get("lo") is None:
+        misses.append("exact scene: no interval (needs 2+ seeds)")
+    elif ex["lo"] <= 0:
+        misses.append(f"exact scene interval [{ex['lo']:+.3f}, {ex['hi']:+.3f}] not above 0")
+    if ob is None or ob > OBJECTS_RISE:
+        misses.append(f"objects/img {_d(ob)} (> +{OBJECTS_RISE:.1f})")
     if u is None or u < -UNDERSTANDING_TOLERANCE:
         misses.append(f"understanding {_d(u)} (< -{UNDERSTANDING_TOLERANCE:.2f})")
     met = not misses
+    # "Improves": exact-scene accuracy up with its interval above 0, not by drawing more objects.
+    improves = ex.get("lo") is not None and ex["lo"] > 0 and ob is not None and ob <= OBJECTS_RISE
+    verdict = "improves" if improves else "does not improve"
     if binding:
-        text = "met" if met else "**MISSED**: " + "; ".join(misses)
+        text = f"{verdict}; targets " + ("met" if met else "**MISSED**: " + "; ".join(misses))
     else:
-        text = "(not a target row) " + ("would meet" if met else "would miss: " + "; ".join(misses))
-    return {"binding": binding, "met": met, "misses": misses, "text": text}
+        text = f"{verdict} (not a target row" + (
+            "; would meet the targets)" if met else ": " + "; ".join(misses) + ")"
+        )
+    return {"binding": binding, "met": met, "improves": improves, "misses": misses, "text": text}
+
+
+def _interval(deltas: list) -> dict:
+    """The paired bootstrap interval of the mean per-seed difference (each seed's row against
+    its own base, seeds resampled with replacement); None below 2 seeds."""
+    from gapray.diagnose.stats import bootstrap_interval
+
+    vals = [float(d) for d in deltas if d is not None and math.isfinite(d)]
+    if len(vals) < 2:
+        return {"lo": None, "hi": None}
+    lo, hi = bootstrap_interval(vals, seed=0, n_boot=INTERVAL_DRAWS, level=INTERVAL_LEVEL)
+    return {"lo": lo, "hi": hi}
 
 
 def _stat(vals: list) -> dict:
@@ -332,10 +370,13 @@ def markdown(res: dict) -> str:
         )
         + ("" if res["complete"] else " **Incomplete: the bench is still running or was stopped.**"),
         "",
-        "Mean ± sd over seeds (sd needs 2+ seeds); Δ = mean over seeds of (row - base of that seed).",
+        "Mean ± sd over seeds (sd needs 2+ seeds); Δ = mean over seeds of (row - base of that seed), "
+        f"with its paired bootstrap {INTERVAL_LEVEL:.0%} interval in brackets (seeds resampled, "
+        f"{INTERVAL_DRAWS} draws; 2+ seeds). A row improves when its exact-scene Δ interval lies above 0 "
+        f"and it draws no more than {OBJECTS_RISE:.1f} objects per image more than base.",
         "",
-        "| row | paper | seeds | GenEval overall | Δ | exact scene | Δ | objects/img | Δ | non-unif. | Δ "
-        "| understanding | Δ | judge bal. acc. | wall s / run | issue targets |",
+        "| row | paper | seeds | exact scene | Δ [95%] | GenEval overall | Δ [95%] | objects/img | Δ [95%] "
+        "| non-unif. | Δ [95%] | understanding | Δ [95%] | judge bal. acc. | wall s / run | verdict |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows.values():
@@ -343,13 +384,13 @@ def markdown(res: dict) -> str:
         trained = r["overrides"] is not None
         cells = [r["label"], r["paper"], str(len(r["seeds"]))]
         for k in (
-            "geneval_overall",
             "exact_scene_overall",
+            "geneval_overall",
             "objects_per_image",
             "non_unification",
             "understanding_accuracy",
         ):
-            cells += [_pm(m[k]), _pm(m[k]["delta"], sign=True) if trained else "-"]
+            cells += [_pm(m[k]), _delta(m[k]["delta"]) if trained else "-"]
         cells += [_pm(m["judge_balanced_accuracy"]), _pm(r["wall_s"], digits=0) if r["wall_s"] else "-"]
         text = r["check"]["text"]
         if r["failed"]:
@@ -358,9 +399,12 @@ def markdown(res: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Targets (the issue): DPO and C-DPO at least +{GENEVAL_GAIN:.2f} GenEval overall above base, "
-        f"non-unification below base, understanding no more than {UNDERSTANDING_TOLERANCE:.2f} below "
-        "base; checked on the mean Δ. " + _target_summary(rows),
+        f"Targets (issue 12): DPO and C-DPO at least +{EXACT_GAIN:.2f} exact-scene accuracy above base "
+        f"with the {INTERVAL_LEVEL:.0%} interval above 0, objects per image no more than "
+        f"+{OBJECTS_RISE:.1f} above base, understanding no more than {UNDERSTANDING_TOLERANCE:.2f} below "
+        f"base. The paper's own reading (GenEval +{GENEVAL_GAIN:.2f}, non-unification below base) is "
+        "in the table, not binding: on the toy world a policy that draws clutter met it. "
+        + _target_summary(rows),
         "",
         "GenEval per tag (mean ± sd over seeds):",
         "",
@@ -403,7 +447,7 @@ def _target_summary(rows: dict) -> str:
         if key not in rows:
             out.append(f"{label}: not run.")
         elif rows[key]["check"]["met"]:
-            out.append(f"{label}: met.")
+            out.append(f"{label}: met ({rows[key]['check']['text'].split(';')[0]}).")
         else:
             out.append(f"{label}: **MISSED** ({'; '.join(rows[key]['check']['misses'])}).")
     return " ".join(out)
@@ -439,8 +483,9 @@ def bench(args: argparse.Namespace, argv: list[str], scratch: Path, out: Path) -
         },
         "targets": {
             "rows": list(TARGET_ROWS),
-            "geneval_gain": GENEVAL_GAIN,
-            "non_unification": "below base",
+            "exact_scene_gain": EXACT_GAIN,
+            "exact_scene_interval": f"{INTERVAL_LEVEL:.0%} paired bootstrap interval above 0",
+            "objects_per_image_rise": OBJECTS_RISE,
             "understanding_tolerance": UNDERSTANDING_TOLERANCE,
         },
         "machine": machine(),
@@ -479,7 +524,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="gapray bench paper", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--model", help="toy, tiny or a checkpoint directory (default: the run's model, toy)")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 via run.seed (default 3)")
+    ap.add_argument(
+        "--seeds", type=int, default=5, help="seeds 0..N-1 via run.seed (default 5; intervals need 2+)"
+    )
     ap.add_argument("--steps", type=int, help="steps of every trained row (default: the toy run's run.steps)")
     ap.add_argument(
         "--rows",
@@ -541,6 +588,11 @@ def _f3(v) -> str:
 
 def _d(v) -> str:
     return "n/a" if v is None else f"{v:+.3f}"
+
+
+def _delta(s: dict) -> str:
+    text = _pm(s, sign=True)
+    return text if s.get("lo") is None else f"{text} [{s['lo']:+.3f}, {s['hi']:+.3f}]"
 
 
 def _pm(s: dict | None, sign: bool = False, digits: int = 3) -> str:

@@ -17,17 +17,16 @@ from conftest import TINY_RUN
 from gapray.models.tiny import tiny_janus
 from gapray.workers.sync import (
     BucketReceiver,
-    FlatBucket,
     PeakMemory,
     SyncManifest,
     TensorSpec,
     WeightExporter,
     WeightLedger,
+    WireBucket,
     apply_update,
     as_bytes_array,
     check_manifest,
     copy_into,
-    on_the_wire,
     same_bytes,
 )
 
@@ -106,15 +105,15 @@ def test_a_flat_bucket_gives_back_each_tensor_whatever_its_dtype():
         "e": torch.empty(0, 5),
     }
     specs = SyncManifest.of([tensors]).buckets[0]
-    wire = FlatBucket(specs, [as_bytes_array(t.clone()) for t in tensors.values()])
+    wire = WireBucket(specs, [as_bytes_array(t.clone()) for t in tensors.values()])
     back = wire.tensors()
     assert list(back) == list(tensors)
     assert all(back[k].dtype == v.dtype and back[k].shape == v.shape for k, v in tensors.items())
     assert all(torch.equal(back[k], v) for k, v in tensors.items())
-    short = FlatBucket(specs, [as_bytes_array(t) for t in list(tensors.values())[:3]])
+    short = WireBucket(specs, [as_bytes_array(t) for t in list(tensors.values())[:3]])
     with pytest.raises(ValueError, match="lists 4 tensors but holds 3"):
         short.tensors()
-    wrong = FlatBucket(specs[:1], [as_bytes_array(torch.zeros(5))])
+    wrong = WireBucket(specs[:1], [as_bytes_array(torch.zeros(5))])
     with pytest.raises(ValueError, match="f arrived as 20 bytes, its spec says 24"):
         wrong.tensors()
 
@@ -150,7 +149,7 @@ def test_copy_into_copies_bytes_exactly_or_falls_back_to_torch():
     assert half.tolist() == [1.0, 2.0, 3.0]
 
 
-def test_on_the_wire_the_manifest_rides_on_the_first_bucket_and_a_worker_applies_it():
+def test_the_manifest_comes_first_and_rides_on_the_first_buckets_call_to_a_worker():
     from gapray.config import load_config
     from gapray.workers.generation import GenerationWorker
 
@@ -159,27 +158,30 @@ def test_on_the_wire_the_manifest_rides_on_the_first_bucket_and_a_worker_applies
     cfg = load_config(["model=tiny"])
     worker = GenerationWorker(cfg.model, cfg.generation)
     ex = WeightExporter()
-    wire = list(on_the_wire(ex.export(learner.model, bucket_mb=0.05)))
-    assert all(isinstance(b, FlatBucket) for b in wire) and len(wire) > 1
-    manifest = wire[0].manifest
-    assert manifest is not None and manifest.full and all(b.manifest is None for b in wire[1:])
+    manifest, *wire = ex.export(learner.model, bucket_mb=0.05)
+    assert isinstance(manifest, SyncManifest) and manifest.full
+    assert all(isinstance(b, WireBucket) for b in wire) and len(wire) > 1
     assert [b.names for b in wire] == [[t.name for t in b] for b in manifest.buckets]
-    acks = [worker.apply_bucket(1, b) for b in wire]
+    with pytest.raises(ValueError, match="before its manifest"):
+        worker.apply_bucket(1, wire[0])  # no manifest with the first bucket: refused, nothing changed
+    assert worker.version == 0
+    acks = [worker.apply_bucket(1, b, manifest if i == 0 else None) for i, b in enumerate(wire)]
     assert acks[:-1] == [None] * (len(wire) - 1) and acks[-1].version == worker.version == 1
     held = dict(worker.model.model.named_parameters())
     assert all(torch.equal(held[n], p) for n, p in learner.model.named_parameters() if p.requires_grad)
-    [nothing] = on_the_wire(ex.export(learner.model, bucket_mb=0.05))  # nothing changed
+    [nothing] = ex.export(learner.model, bucket_mb=0.05)  # nothing changed: the manifest alone
     assert isinstance(nothing, SyncManifest) and nothing.names == []
     ack = worker.apply_bucket(2, nothing)  # the manifest alone: the update, acknowledged
     assert ack.version == worker.version == 2 and ack.buckets == 0
     with torch.no_grad():
         dict(learner.model.named_parameters())[NORM].add_(1.0)
-    [one] = on_the_wire(ex.export(learner.model, bucket_mb=0.05))
-    two = FlatBucket(one.specs, one.data, SyncManifest((one.specs, one.specs), False, 1))
-    assert worker.apply_bucket(3, two) is None and worker.version == 2  # its manifest lists two
-    assert worker.apply_bucket(3, FlatBucket(one.specs, one.data)).version == worker.version == 3
+    one_manifest, one = ex.export(learner.model, bucket_mb=0.05)
+    assert one_manifest.names == [NORM]
+    two = SyncManifest((one.specs, one.specs), False, 1)
+    assert worker.apply_bucket(3, one, two) is None and worker.version == 2  # its manifest lists two
+    assert worker.apply_bucket(3, one, one_manifest).version == worker.version == 3
     with pytest.raises(ValueError, match="more buckets than its manifest"):
-        worker.apply_bucket(3, FlatBucket(one.specs, one.data))
+        worker.apply_bucket(3, one)
 
 
 def test_the_ledger_keeps_what_is_still_latest_and_replays_in_order():
@@ -359,3 +361,63 @@ def test_deltas_through_ray_and_a_replaced_worker_replays_to_the_pushed_version(
             roles.shutdown()
     finally:
         ray.shutdown()
+
+
+class _Remote:
+    def __init__(self, fn):
+        self.remote = fn
+
+
+class _FakeWorker:
+    """An actor handle whose apply_bucket.remote runs in process (ray.get is the identity)."""
+
+    def __init__(self, worker):
+        self.apply_bucket = _Remote(worker.apply_bucket)
+
+
+class _FakeGroup:
+    def __init__(self, items):
+        from gapray.workers.sync import ExportStream
+
+        self.items, self.placement = items, [{"node_id": "n0"}]
+        self.ExportStream = ExportStream
+
+    def export_weights(self, bucket_mb):
+        return self.ExportStream(iter(self.items), [])
+
+
+class _FakePool:
+    def __init__(self, actors):
+        self.actors, self.current = actors, None
+
+
+def test_the_driver_refuses_an_export_that_does_not_match_its_manifest(monkeypatch):
+    """WeightSync.push reads the manifest first, then takes exactly as many bucket refs as it
+    lists: fewer, more, or a bucket before the manifest are named errors (Ray's get is the
+    identity here: the 'refs' are the items themselves)."""
+    import ray
+
+    from gapray.config import load_config
+    from gapray.workers.generation import GenerationWorker
+    from gapray.workers.sync import WeightSync
+
+    monkeypatch.setattr(ray, "get", lambda x: x)
+    learner = tiny_janus(seed=0)
+    learner.set_trainable("llm")
+    cfg = load_config(["model=tiny"])
+    worker = GenerationWorker(cfg.model, cfg.generation)
+    manifest, *buckets = WeightExporter().export(learner.model, bucket_mb=0.05)
+    pool = _FakePool([_FakeWorker(worker)])
+    with pytest.raises(RuntimeError, match="yielded 1 bucket"):
+        WeightSync(0.05).push(_FakeGroup([manifest, buckets[0]]), [pool])
+    with pytest.raises(RuntimeError, match="beyond its manifest"):
+        WeightSync(0.05).push(_FakeGroup([manifest, *buckets, buckets[0]]), [pool])
+    with pytest.raises(RuntimeError, match="WireBucket before its manifest"):
+        WeightSync(0.05).push(_FakeGroup(buckets), [pool])
+    with pytest.raises(RuntimeError, match="nothing"):
+        WeightSync(0.05).push(_FakeGroup([]), [pool])
+    fresh = GenerationWorker(cfg.model, cfg.generation)
+    sync = WeightSync(0.05)
+    stats = sync.push(_FakeGroup([manifest, *buckets]), [_FakePool([_FakeWorker(fresh)])])
+    assert stats.version == sync.version == fresh.version == 1 and stats.buckets == len(buckets)
+    assert stats.manifest_s <= stats.export_s <= stats.seconds

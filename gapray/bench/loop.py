@@ -217,8 +217,8 @@ def summarize(rows: list[dict]) -> dict:
 
 
 SYNC_PARTS = {
-    "sync_manifest_ms": "first bucket's ref in hand (compared, gathered, put; it carries the manifest)",
-    "sync_export_ms": "the export's end in hand (every bucket's ref)",
+    "sync_manifest_ms": "manifest in hand (tensors compared, nothing gathered yet)",
+    "sync_export_ms": "every bucket's ref in hand (gathered, put)",
     "sync_apply_ms": "slowest worker's own time, manifest to last bucket applied",
     "sync_ms": "whole push, to the last acknowledgement",
 }

@@ -355,16 +355,15 @@ class LearnerWorker:
     # ---------------------------------------------------------------------- sync and checkpoint
     def export_weights(self, bucket_mb: float, full: bool = False):
         """The trainable tensors that changed since the last export (all of them with `full`),
-        as a generator (a Ray streaming method): rank 0 yields each bucket as soon as it is
-        gathered, the first carrying the SyncManifest (the manifest alone when nothing changed;
-        sync.on_the_wire); the other ranks yield nothing but must run it too, in step (an FSDP2
-        DTensor's gather is a collective). See sync.WeightExporter."""
-        from gapray.workers.sync import WeightExporter, on_the_wire
+        as a generator (a Ray streaming method): rank 0 yields the SyncManifest (small: it
+        returns inline), then each bucket as soon as it is gathered; the other ranks yield
+        nothing but must run it too, in step (an FSDP2 DTensor's gather is a collective). See
+        sync.WeightExporter."""
+        from gapray.workers.sync import WeightExporter
 
         if getattr(self, "weight_exporter", None) is None:
             self.weight_exporter = WeightExporter()
-        exported = self.weight_exporter.export(self.policy.model, bucket_mb, emit=self.rank == 0, full=full)
-        yield from on_the_wire(exported)
+        yield from self.weight_exporter.export(self.policy.model, bucket_mb, emit=self.rank == 0, full=full)
 
     def save_checkpoint(self, run_root: str, step: int, extra_state: dict, keep: int) -> str:
         """Every rank calls this (a collective). The trainable weights and the AdamW state go to
@@ -524,8 +523,8 @@ class LearnerGroup:
         return results[0]  # metrics are all-reduced: every rank reports the same
 
     def export_weights(self, bucket_mb: float, full: bool = False):
-        """Start the export on every rank; an ExportStream over rank 0's refs (bucket 0 carries
-        the manifest)."""
+        """Start the export on every rank; an ExportStream over rank 0's refs (the manifest's,
+        then each bucket's)."""
         from gapray.workers.sync import ExportStream
 
         gens = [

@@ -97,17 +97,16 @@ class ModelWorker:
 
     def apply_bucket(self, version: int, bucket, manifest: SyncManifest | None = None) -> SyncAck | None:
         """Copy one bucket in place (checked first: a refused bucket changes nothing); the ack
-        after the manifest's last. The first bucket brings the update's manifest (passed, or
-        carried by the FlatBucket as WeightSync sends it): begin_update checks it whole first.
+        after the manifest's last. The first bucket's call brings the update's manifest (as
+        WeightSync and load_weights pass it): begin_update checks it whole first.
         A push with no buckets arrives as its manifest alone (then this is begin_update). A
         failure after an earlier bucket of the update went in leaves the worker TORN (it holds
         part of the update) until a replay."""
         if isinstance(bucket, SyncManifest):
             return self.begin_update(version, bucket)
-        manifest = manifest or getattr(bucket, "manifest", None)
         if manifest is not None:
             self.begin_update(version, manifest)
-        bucket = as_tensors(bucket)  # a FlatBucket's: views of the object store's buffer
+        bucket = as_tensors(bucket)  # a WireBucket's: views of the object store's buffer
         self.receiver.expect(version, bucket)
         try:
             self._apply(bucket)

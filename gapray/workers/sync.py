@@ -8,10 +8,12 @@ whose values did not change (no gradient reached it) is skipped; a LoRA pair tra
 either half changed. The exporter is a generator: first a `SyncManifest` (every tensor of the
 push, by bucket: names, shapes, dtypes), then the buckets of about `bucket_mb` MiB, each gathered
 (`DTensor.full_tensor()`, a collective every rank runs in the same order) and yielded as soon as
-it is ready; under Ray the learner's export is a streaming generator method whose first bucket
-carries the manifest (`on_the_wire`), so each bucket is in the object store while the next one is
-gathered, and the driver forwards each to every target at once, unread. A target checks the
-whole manifest before it changes anything (`BucketReceiver.begin`),
+it is ready. Under Ray the learner's export is a streaming generator method: the manifest, a
+few KB, comes back inline with the generator's first report (no object-store round trip), and
+each bucket is in the object store while the next one is gathered. The driver reads the
+manifest, then forwards each bucket ref to every target at once, unread, the manifest riding
+by value on the first bucket's call. A target checks the whole manifest before it changes
+anything (`BucketReceiver.begin`),
 then copies each bucket in place as it arrives and lets it go: the extra memory a sync costs it is
 one bucket (`SyncAck.peak_extra_bytes`, the kernel's peak-RSS count over the sync). The driver
 keeps a `WeightLedger` of the pushes whose tensors are still the latest, so a worker that joins
@@ -19,7 +21,6 @@ late or was restarted replays them in order and holds exactly the pushed version
 
     exporter = WeightExporter()                                    # on each learner rank
     for item in exporter.export(model, bucket_mb=64, emit=rank == 0): ...   # manifest, buckets
-    on_the_wire(exporter.export(...))                              # bucket 0 carries the manifest
     receiver = BucketReceiver(); receiver.begin(version, manifest, model, ...)  # on a worker
     receiver.apply(version, bucket)                                # per bucket, in place
     apply_update(model, bucket, lora_scaling=s, merge_state=state)  # one bucket, checked first
@@ -255,19 +256,16 @@ class SyncManifest:
 
 
 @dataclass
-class FlatBucket:
+class WireBucket:
     """One bucket on the wire: its tensors' specs and each tensor's bytes as a flat uint8 numpy
     array (`data`, one per spec, in order). Numpy arrays travel through Ray's object store
     out of band: the sender's put is the one copy on the way out (no gathered intermediate
     buffer), and the receiver's `tensors()` are read-only views of the store's buffer, so a
     bucket costs the receiver one copy: into its own parameters. In process (no Ray) the
-    arrays are views of the exporter's kept copies, valid until its next export. The first
-    bucket of a push carries the push's manifest (`on_the_wire`), checked whole by the
-    receiver before this bucket is applied."""
+    arrays are views of the exporter's kept copies, valid until its next export."""
 
     specs: tuple[TensorSpec, ...]
     data: list  # numpy uint8 arrays, one per spec
-    manifest: SyncManifest | None = None
 
     @property
     def names(self) -> list[str]:
@@ -321,26 +319,8 @@ def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
     dst.copy_(src)
 
 
-def on_the_wire(items: Iterable[SyncManifest | FlatBucket]) -> Iterator[SyncManifest | FlatBucket]:
-    """An export as the learner's Ray method yields it: the manifest rides on the first bucket
-    (one object and one report to the driver fewer per push, and the driver forwards each item
-    to the workers without waiting to read anything); a push with no buckets is its manifest
-    alone. Every item still reaches the receiver in order, and the manifest before any bucket."""
-    manifest = None
-    for item in items:
-        if isinstance(item, SyncManifest):
-            manifest = item  # held until the first bucket is gathered
-        elif manifest is not None:
-            yield FlatBucket(item.specs, item.data, manifest)
-            manifest = None
-        else:
-            yield item
-    if manifest is not None:
-        yield manifest
-
-
-def as_tensors(bucket: FlatBucket | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return bucket.tensors() if isinstance(bucket, FlatBucket) else bucket
+def as_tensors(bucket: WireBucket | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return bucket.tensors() if isinstance(bucket, WireBucket) else bucket
 
 
 def _is_dtensor(p: torch.Tensor) -> bool:
@@ -478,8 +458,9 @@ class WeightExporter:
 
     def export(
         self, model: torch.nn.Module, bucket_mb: float, *, emit: bool = True, full: bool = False
-    ) -> Iterator[SyncManifest | FlatBucket]:
-        """Yield the manifest, then each bucket (a FlatBucket) as soon as it is gathered.
+    ) -> Iterator[SyncManifest | WireBucket]:
+        """Yield the manifest (before anything is gathered), then each bucket (a WireBucket) as
+        soon as it is gathered.
         Every rank of a sharded learner must run this to the end in step (each DTensor's
         full_tensor() is a collective); only the rank with `emit` yields anything."""
         manifest, groups = self.plan(model, bucket_mb, full)
@@ -500,7 +481,7 @@ class WeightExporter:
                 if emit:
                     arrays.append(as_bytes_array(value))
             if emit:
-                yield FlatBucket(specs, arrays)
+                yield WireBucket(specs, arrays)
 
     def _keep(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """Copy `value` into the kept CPU copy of `name` (made once, reused while its shape and
@@ -515,9 +496,9 @@ class WeightExporter:
 
 class ExportStream:
     """Driver-side view of one export from every learner rank: iterating it gives rank 0's
-    refs as `on_the_wire` yields them (each bucket's as soon as it is in the object store, the
-    first carrying the manifest; the manifest's alone when there is no bucket); `finish()`
-    waits for the other ranks' exports (which yield nothing) and raises their errors."""
+    refs as its export yields them (the manifest's first, then each bucket's as soon as it is
+    in the object store); `finish()` checks that rank 0 yielded nothing more and waits for the
+    other ranks' exports (which yield nothing), raising their errors."""
 
     def __init__(self, first, others: list):
         self.first, self.others = first, others
@@ -525,10 +506,17 @@ class ExportStream:
     def __iter__(self):
         return self.first
 
+    def __next__(self):
+        return next(self.first)
+
     def finish(self) -> None:
-        """Wait for every rank's export to end; raises a rank's error."""
+        """Wait for every rank's export to end; raises a rank's error, or when rank 0 yields
+        more than its manifest announced."""
         import ray
 
+        extra = sum(1 for _ in self.first)
+        if extra:
+            raise RuntimeError(f"weight export: rank 0 yielded {extra} item(s) beyond its manifest's buckets")
         for gen in self.others:
             for ref in gen:
                 ray.get(ref)
@@ -740,8 +728,8 @@ class SyncStats:
     trainable: int = 0  # trainable tensors the learner holds
     largest_bucket_bytes: int = 0
     peak_extra_bytes: int | None = None  # the largest receiver's PeakMemory over this sync
-    manifest_s: float = 0.0  # from the start until the first item was in hand (bucket 0 + manifest)
-    export_s: float = 0.0  # ... until the export's end was (every bucket's ref in hand)
+    manifest_s: float = 0.0  # from the start until the manifest was in hand (compared, nothing gathered)
+    export_s: float = 0.0  # ... until every bucket's ref was (gathered, put)
     apply_s: float = 0.0  # the slowest worker's own time, from the manifest to its last bucket
 
     def as_metrics(self) -> dict[str, float]:
@@ -771,8 +759,9 @@ class WeightSync:
 
     def push(self, learner_group, targets: list) -> SyncStats:
         """Export the changed trainable weights once (every learner rank takes part), forward each
-        bucket to every target worker as soon as it is in the object store (the first carries
-        the manifest, which each worker checks whole before applying anything), wait for every
+        bucket to every target worker as soon as it is in the object store (the manifest rides by
+        value on the first bucket's call; each worker checks it whole before applying anything),
+        wait for every
         worker's acknowledgement of the new version. The pools learn the ledger's replay before
         any ack is awaited, so a worker that dies during the push is replaced at this version."""
         import ray
@@ -780,30 +769,36 @@ class WeightSync:
         t0 = time.perf_counter()
         version = self.version + 1
         stream = learner_group.export_weights(self.bucket_mb)
+        try:
+            manifest = ray.get(next(stream))  # small: inline in the generator's first report
+        except StopIteration:
+            raise RuntimeError("weight export: rank 0 yielded nothing (not even a manifest)") from None
+        if not isinstance(manifest, SyncManifest):
+            raise RuntimeError(f"weight export: rank 0 yielded {type(manifest).__name__} before its manifest")
+        t_manifest = time.perf_counter()
         actors = [a for pool in targets for a in pool.actors]
-        calls, items = [], []
-        t_first = None
-        for ref in stream:  # forwarded unread, as soon as it is in the object store
-            items.append(ref)
-            calls += [a.apply_bucket.remote(version, ref) for a in actors]
-            t_first = t_first or time.perf_counter()
+        refs: list = []
+        if not manifest.buckets:  # nothing changed: the manifest alone moves the version
+            calls = [a.apply_bucket.remote(version, manifest) for a in actors]
+        else:
+            calls = []
+            for i in range(len(manifest.buckets)):
+                try:
+                    ref = next(stream)  # forwarded unread, as soon as it is in the object store
+                except StopIteration:
+                    raise RuntimeError(
+                        f"weight export: rank 0 yielded {i} bucket(s), its manifest lists "
+                        f"{len(manifest.buckets)}"
+                    ) from None
+                refs.append(ref)
+                calls += [a.apply_bucket.remote(version, ref, manifest if i == 0 else None) for a in actors]
         t_exported = time.perf_counter()
-        if not items:
-            raise RuntimeError("weight export: rank 0 yielded nothing (not even a manifest)")
-        first = ray.get(items[0])  # the manifest, or bucket 0 carrying it (a view, not a copy)
-        manifest = first if isinstance(first, SyncManifest) else first.manifest
-        del first
-        refs = items if manifest is not None and manifest.buckets else []
-        if manifest is None or len(refs) != len(manifest.buckets) or (not refs and len(items) != 1):
-            raise RuntimeError(
-                f"weight export: rank 0 yielded {len(items)} item(s), which do not match its manifest"
-            )
         self.ledger.record(version, manifest, refs)
         replay = self.ledger.replay()
         for pool in targets:
             pool.current = (version, replay)
         acks: list[SyncAck] = [r for r in ray.get(calls) if r is not None]
-        stream.finish()
+        stream.finish()  # after the acks: the stream's end is not on the critical path
         if len(acks) != len(actors) or any(a.version != version for a in acks):
             raise RuntimeError(
                 f"weight sync: workers report versions {[a.version for a in acks]}, expected {version} "
@@ -824,7 +819,7 @@ class WeightSync:
             trainable=manifest.trainable,
             largest_bucket_bytes=manifest.largest_bucket_bytes,
             peak_extra_bytes=max(peaks) if peaks else None,
-            manifest_s=(t_first or t_exported) - t0,
+            manifest_s=t_manifest - t0,
             export_s=t_exported - t0,
             apply_s=max((a.seconds for a in acks), default=0.0),
         )

@@ -363,7 +363,9 @@ class LearnerWorker:
 
         if getattr(self, "weight_exporter", None) is None:
             self.weight_exporter = WeightExporter()
-        yield from self.weight_exporter.export(self.policy.model, bucket_mb, emit=self.rank == 0, full=full)
+        yield from self.weight_exporter.export(
+            self.policy.model, bucket_mb, emit=self.rank == 0, full=full, params=self.named_params
+        )  # named_params: what the optimizer trains, held, so no walk of the module tree per push
 
     def save_checkpoint(self, run_root: str, step: int, extra_state: dict, keep: int) -> str:
         """Every rank calls this (a collective). The trainable weights and the AdamW state go to

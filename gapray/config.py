@@ -290,7 +290,11 @@ class EvalConfig:
     553 prompts, "geneval_hard", "t2i_compbench/<category>_val", "dpg_bench", ...) or a
     GenEval-schema .jsonl / one-prompt-a-line .txt file; eval=judge also takes "toy" (the toy
     world's test split) and "toy/easy" | "toy/medium" | "toy/hard" (its tags by difficulty).
-    eval=toy always uses the toy world's test split."""
+    eval=toy scores the toy world's split named by eval.split."""
+    split: str = "test"
+    """eval=toy: the toy world's prompt split to score ("test": figures that are reported;
+    a tuning split such as "val" where the world has one: tries are scored there, so the test
+    split stays unseen). The training prompts (curriculum.prompts=toy) are always "train"."""
     judges: list[str] = field(default_factory=list)
     """eval=judge and `gapray diagnose`: the external judges, each a local directory of a
     transformers image-text-to-text model (AutoModelForImageTextToText + AutoProcessor, e.g.

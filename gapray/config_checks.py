@@ -171,6 +171,17 @@ def validate(cfg: Config) -> None:
     one_of("eval.kind", "self", "toy", "judge")
     need(ev.images_per_prompt >= 1, "eval.images_per_prompt", "must be >= 1")
     need(ev.limit is None or ev.limit >= 1, "eval.limit", "must be null (all) or >= 1")
+    if ev.kind == "toy":
+        from gapray.eval.toy_eval import SPLIT_SEED
+        from gapray.toy.world import make_splits
+
+        scored = [k for k in make_splits(SPLIT_SEED) if k != "train"]
+        need(
+            ev.split in scored,
+            "eval.split",
+            f"must be one of {scored} (the toy world's held-out splits; train is what the run trains on), "
+            f"got {ev.split!r}",
+        )
     if ev.kind == "self":
         eval_prompts_error = _prompts_error(ev.prompts, allow_toy=False)
         need(eval_prompts_error is None, "eval.prompts", eval_prompts_error or "")

@@ -243,6 +243,8 @@ def test_all_errors_reported_at_once():
         ),
         (["curriculum.prompts=missing_prompts.jsonl"], "curriculum.prompts", "missing_prompts.jsonl"),
         (["run.resume=/nonexistent/run"], "run.resume", "config.yaml"),
+        (["eval=toy", "eval.split=train"], "eval.split", "held-out splits"),
+        (["eval=toy", "eval.split=tset"], "eval.split", "'tset'"),
     ],
 )
 def test_incompatible_or_missing(overrides: list[str], key: str, words: str):

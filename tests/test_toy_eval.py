@@ -330,3 +330,12 @@ def test_main_prints_json_last_line(model, tmp_path, capsys):
     assert m["checkpoint"] == str(ckpt) and m["n_prompts"] == 6 and m["n_images"] == 6
     assert m["cfg_scale"] == 5.0 and m["temperature"] == 1.0
     assert (out / "results.json").is_file() and (out / "grid.png").is_file()
+
+
+def test_the_eval_command_scores_a_held_out_split_only(capsys):
+    from gapray.eval.toy_eval import main
+
+    with pytest.raises(SystemExit):
+        main(["tiny", "--split", "train"])  # what the toy model was trained on: refused
+    err = capsys.readouterr().err
+    assert "--split must be one of" in err and "'train'" in err

@@ -32,7 +32,7 @@ def make_evaluator(eval_cfg) -> Evaluator:
     if eval_cfg.kind == "toy":
         from gapray.eval.toy_eval import ToyEvaluator
 
-        return ToyEvaluator()
+        return ToyEvaluator(eval_cfg.split)
     if eval_cfg.kind == "judge":
         from gapray.eval.judge_eval import JudgeEvaluator
 

@@ -414,10 +414,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--temperature", type=float, help="sampling temperature (default: the checkpoint's, else 1.0)"
     )
-    parser.add_argument("--limit", type=_positive_int, help="evaluate only the first N test prompts")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="toy-world prompt split to score: test (reported figures) or a tuning split (val)",
+    )
+    parser.add_argument("--limit", type=_positive_int, help="evaluate only the first N prompts of the split")
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="rows per generate/judge call")
     parser.add_argument("--device", help="torch device for the model (default cpu)")
     args = parser.parse_args(argv)
+    held_out = [k for k in make_splits(SPLIT_SEED) if k != "train"]
+    if args.split not in held_out:
+        parser.error(f"--split must be one of {held_out}, got {args.split!r}")
 
     from gapray.models import CheckpointError, load_model
     from gapray.models.base import guidance
@@ -441,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = evaluate(
         model,
         out,
+        split=args.split,
         images_per_prompt=args.images_per_prompt,
         cfg_scale=guidance(cfg_scale),
         temperature=temperature,

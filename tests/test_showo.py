@@ -1,4 +1,4 @@
-"""The Show-o adapter (gapray/models/showo.py) on the tiny Show-o built in code: every operation
+"""The Show-o adapter (gapray/models/showo/) on the tiny Show-o built in code: every operation
 of the model seam, determinism and batch independence, the CFG rule, the log-likelihood
 surrogate's estimator, trainable sets, checkpoints in the official layout, the Show-o-512
 layout on the meta device, and (once wired into load_adapter) two steps of the Ray loop."""

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from gapray.models.janus import DEFAULT_GEN_TEMPLATE, gen_prompt_ids
-from gapray.workers.sync import SyncManifest, _lora_target
+from gapray.workers.sync import SyncManifest, lora_target
 
 MAX_RETRIES = 3
 PROMPT_BUDGET = 512
@@ -246,7 +246,7 @@ class VllmJanusEngine:
                 raise WeightUpdateError(f"weight update: {name} is a {type(t).__name__}, not a tensor")
             if not torch.isfinite(t).all():
                 raise WeightUpdateError(f"weight update: {name} has non-finite values")
-            target = _lora_target(name)
+            target = lora_target(name)
             if target is not None:
                 lora.setdefault(target[0], {})[target[1]] = t
             elif name in self._shapes:
@@ -277,7 +277,7 @@ class VllmJanusEngine:
     def check_manifest(self, manifest: SyncManifest) -> None:
         """Check a push's names and shapes before any bucket arrives; changes nothing."""
         for spec in (t for b in manifest.buckets for t in b):
-            if _lora_target(spec.name) is not None:
+            if lora_target(spec.name) is not None:
                 continue  # checked (with its pair) as the buckets arrive
             if spec.name in self._shapes:
                 if spec.shape != self._shapes[spec.name]:

@@ -1,0 +1,91 @@
+"""Weight sync: learner weights -> generation / reward workers, streamed bucket by bucket.
+
+Only what trains travels, and of that only what changed since the last push: the LLM
+backbone's parameters (or, under LoRA, the adapter matrices, merged into the receiving worker's
+own base weights on arrival). Each learner rank keeps a `WeightExporter`, which remembers the
+values it last sent (its own shard of them, for an FSDP2-sharded learner) and compares: a tensor
+whose values did not change (no gradient reached it) is skipped; a LoRA pair travels whole when
+either half changed. The exporter is a generator: first a `SyncManifest` (every tensor of the
+push, by bucket: names, shapes, dtypes), then the buckets of about `bucket_mb` MiB, each gathered
+(`DTensor.full_tensor()`, a collective every rank runs in the same order) and yielded as soon as
+it is ready. Under Ray the learner's export is a streaming generator method: the manifest, a
+few KB, comes back inline with the generator's first report (no object-store round trip), and
+each bucket is in the object store while the next one is gathered. The driver reads the
+manifest, then forwards each bucket ref to every target at once, unread, the manifest riding
+by value on the first bucket's call. A target checks the whole manifest before it changes
+anything (`BucketReceiver.begin`),
+then copies each bucket in place as it arrives and lets it go: the extra memory a sync costs it is
+one bucket (`SyncAck.peak_extra_bytes`, the kernel's peak-RSS count over the sync). The driver
+keeps a `WeightLedger` of the pushes whose tensors are still the latest, so a worker that joins
+late or was restarted replays them in order and holds exactly the pushed version.
+
+    exporter = WeightExporter()                                    # on each learner rank
+    for item in exporter.export(model, bucket_mb=64, emit=rank == 0): ...   # manifest, buckets
+    receiver = BucketReceiver(); receiver.begin(version, manifest, model, ...)  # on a worker
+    receiver.apply(version, bucket)                                # per bucket, in place
+    apply_update(model, bucket, lora_scaling=s, merge_state=state)  # one bucket, checked first
+
+The package, one side per file:
+
+- `wire.py`: what a push carries (TensorSpec, SyncManifest, WireBucket; copy_into, same_bytes);
+- `export.py`: the learner's side (WeightExporter; ExportStream on the driver over its refs);
+- `receive.py`: a worker's side (BucketReceiver, PeakMemory, SyncAck, check_manifest);
+- `push.py`: the driver's side (WeightSync, the policy version's one owner; WeightLedger; SyncStats);
+- `update.py`: applying a bucket in place, checked first, LoRA merged (check_update, apply_update).
+"""
+
+from gapray.workers.sync.export import ExportStream, WeightExporter
+from gapray.workers.sync.push import SyncStats, WeightLedger, WeightSync
+from gapray.workers.sync.receive import BucketReceiver, PeakMemory, SyncAck, check_manifest
+from gapray.workers.sync.update import (
+    LORA_A,
+    LORA_B,
+    LoraMergeState,
+    UpdatePlan,
+    apply_update,
+    bucket_bytes,
+    check_update,
+    lora_target,
+    pack_buckets,
+    trainable_tensors,
+)
+from gapray.workers.sync.wire import (
+    TORN,
+    SyncManifest,
+    TensorSpec,
+    WireBucket,
+    as_bytes_array,
+    as_tensors,
+    copy_into,
+    same_bytes,
+)
+
+__all__ = [
+    "LORA_A",
+    "LORA_B",
+    "TORN",
+    "BucketReceiver",
+    "ExportStream",
+    "LoraMergeState",
+    "PeakMemory",
+    "SyncAck",
+    "SyncManifest",
+    "SyncStats",
+    "TensorSpec",
+    "UpdatePlan",
+    "WeightExporter",
+    "WeightLedger",
+    "WeightSync",
+    "WireBucket",
+    "apply_update",
+    "as_bytes_array",
+    "as_tensors",
+    "bucket_bytes",
+    "check_manifest",
+    "check_update",
+    "copy_into",
+    "lora_target",
+    "pack_buckets",
+    "same_bytes",
+    "trainable_tensors",
+]

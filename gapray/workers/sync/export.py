@@ -1,0 +1,200 @@
+"""The learner's side of a push: what changed since the last export, gathered bucket by bucket.
+
+Where it sits: inside `LearnerWorker.export_weights` (a Ray streaming method) on every learner
+rank, and `ExportStream` on the driver over rank 0's refs. The exporter keeps a CPU copy of
+what it last sent (its own shard under FSDP2) and compares every byte, so a tensor no gradient
+reached is skipped; it yields the manifest first (before anything is gathered), then each
+bucket as soon as it is gathered (`DTensor.full_tensor()`: a collective every rank runs in the
+same order; only rank 0 emits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from gapray.workers.sync.update import lora_target
+from gapray.workers.sync.wire import (
+    SyncManifest,
+    TensorSpec,
+    WireBucket,
+    as_bytes_array,
+    copy_into,
+    same_bytes,
+)
+
+
+def _is_dtensor(p: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed
+        return False
+    return isinstance(p, DTensor)
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a parameter: its shard under FSDP2 (a DTensor), else all of it."""
+    return p.to_local().detach() if _is_dtensor(p) else p.detach()
+
+
+def _agree(flags: list[bool], device: torch.device) -> list[bool]:
+    """Element-wise OR of `flags` over the learner's ranks (one all_reduce), so every rank
+    gathers the same tensors in the same order; unchanged where torch.distributed is not up."""
+    import torch.distributed as dist
+
+    if not flags or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return flags
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+class WeightExporter:
+    """Learner-side, one per rank: which trainable tensors changed since the last export, and
+    the export itself, bucket by bucket.
+
+    It keeps a CPU copy of what it last sent (this rank's shard of it under FSDP2) and compares
+    exactly (`same_bytes`: every byte), so a parameter no gradient reached is skipped whatever the
+    optimizer (a version counter would not do: fused AdamW updates without bumping it). The
+    first export, and one asked `full=True`, carries everything."""
+
+    def __init__(self):
+        self.sent: dict[str, torch.Tensor] = {}
+
+    def _changed(self, name: str, p: torch.Tensor) -> bool:
+        prev = self.sent.get(name)
+        local = _local(p)
+        return prev is None or not same_bytes(prev, local.to(prev.device))
+
+    def plan(
+        self,
+        model: torch.nn.Module,
+        bucket_mb: float,
+        full: bool = False,
+        params: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[SyncManifest, list[list[tuple[str, torch.Tensor]]]]:
+        """(the manifest, the parameters of each bucket): every changed trainable tensor, a LoRA
+        pair whole when either half changed, in model order, in buckets of ~bucket_mb MiB.
+        `params`: the trainable tensors by name in model order, when the caller holds them (the
+        learner's optimizer set: walking the module tree costs ~2 ms a push on the toy model)."""
+        if bucket_mb <= 0:
+            raise ValueError(f"bucket_mb must be > 0, got {bucket_mb}")
+        if params is None:
+            params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        params = list(params.items())
+        changed = [full or self._changed(n, p) for n, p in params]
+        pairs: dict[str, list[int]] = {}
+        for i, (n, _) in enumerate(params):
+            target = lora_target(n)
+            if target is not None:
+                pairs.setdefault(target[0], []).append(i)
+        for members in pairs.values():
+            if any(changed[i] for i in members):
+                for i in members:
+                    changed[i] = True
+        device = _local(params[0][1]).device if params else torch.device("cpu")
+        changed = _agree(changed, device)
+        # Packing units: a tensor, or a LoRA layer's A and B together (a bucket never splits a
+        # pair, so a receiver can merge each pair on the bucket that brings it).
+        units: list[list[tuple[str, torch.Tensor]]] = []
+        for (n, p), c in zip(params, changed, strict=True):
+            if not c:
+                continue
+            target = lora_target(n)
+            prev = lora_target(units[-1][-1][0]) if units else None
+            if target is not None and prev is not None and prev[0] == target[0]:
+                units[-1].append((n, p))
+            else:
+                units.append([(n, p)])
+        limit = bucket_mb * 2**20
+        groups: list[list[tuple[str, torch.Tensor]]] = [[]]
+        size = 0
+        for unit in units:
+            nbytes = sum(p.numel() * p.element_size() for _, p in unit)  # a DTensor's: the full one's
+            if groups[-1] and size + nbytes > limit:
+                groups.append([])
+                size = 0
+            groups[-1].extend(unit)
+            size += nbytes
+        groups = [g for g in groups if g]
+        manifest = SyncManifest(
+            buckets=tuple(
+                tuple(TensorSpec(n, tuple(p.shape), str(p.dtype).removeprefix("torch.")) for n, p in g)
+                for g in groups
+            ),
+            full=all(changed),
+            trainable=len(params),
+        )
+        return manifest, groups
+
+    def export(
+        self,
+        model: torch.nn.Module,
+        bucket_mb: float,
+        *,
+        emit: bool = True,
+        full: bool = False,
+        params: dict[str, torch.Tensor] | None = None,
+    ) -> Iterator[SyncManifest | WireBucket]:
+        """Yield the manifest (before anything is gathered), then each bucket (a WireBucket) as
+        soon as it is gathered.
+        Every rank of a sharded learner must run this to the end in step (each DTensor's
+        full_tensor() is a collective); only the rank with `emit` yields anything."""
+        manifest, groups = self.plan(model, bucket_mb, full, params)
+        if emit:
+            yield manifest
+        for group, specs in zip(groups, manifest.buckets, strict=True):
+            arrays = []
+            for name, p in group:
+                if _is_dtensor(p):
+                    value = (
+                        p.full_tensor().detach().to("cpu").contiguous()
+                    )  # collective: every rank, same order
+                    self._keep(name, _local(p))
+                else:
+                    # One copy serves both: the value sent (Ray's put copies it out) and what
+                    # the next export compares against; kept in place, no new buffer a push.
+                    value = self._keep(name, p.detach())
+                if emit:
+                    arrays.append(as_bytes_array(value))
+            if emit:
+                yield WireBucket(specs, arrays)
+
+    def _keep(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """Copy `value` into the kept CPU copy of `name` (made once, reused while its shape and
+        dtype hold) and return that copy."""
+        kept = self.sent.get(name)
+        if kept is None or kept.shape != value.shape or kept.dtype != value.dtype:
+            kept = torch.empty(value.shape, dtype=value.dtype)
+            self.sent[name] = kept
+        copy_into(kept, value)
+        return kept
+
+
+class ExportStream:
+    """Driver-side view of one export from every learner rank: iterating it gives rank 0's
+    refs as its export yields them (the manifest's first, then each bucket's as soon as it is
+    in the object store); `finish()` checks that rank 0 yielded nothing more and waits for the
+    other ranks' exports (which yield nothing), raising their errors."""
+
+    def __init__(self, first, others: list):
+        self.first, self.others = first, others
+
+    def __iter__(self):
+        return self.first
+
+    def __next__(self):
+        return next(self.first)
+
+    def finish(self) -> None:
+        """Wait for every rank's export to end; raises a rank's error, or when rank 0 yields
+        more than its manifest announced."""
+        import ray
+
+        extra = sum(1 for _ in self.first)
+        if extra:
+            raise RuntimeError(f"weight export: rank 0 yielded {extra} item(s) beyond its manifest's buckets")
+        for gen in self.others:
+            for ref in gen:
+                ray.get(ref)

@@ -1,4 +1,4 @@
-"""The memory plan (gapray/plan.py): hand-computed figures for the tiny model (parameter,
+"""The memory plan (gapray/plan/): hand-computed figures for the tiny model (parameter,
 gradient, optimizer and KV-cache bytes, sharding, LoRA), Janus-Pro-7B's published layout (its
 parameter counts), and preflight's refusal of a learner that does not fit its GPU."""
 

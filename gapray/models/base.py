@@ -110,3 +110,17 @@ def check_generate_args(prompts, n, cfg_scale, temperature) -> None:
         raise ValueError(f"cfg_scale: classifier-free guidance needs a scale > 1, got {cfg_scale}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+
+
+def check_judge_args(images, prompts, question: str) -> None:
+    """The arguments of `UnifiedModel.judge` (question: the template in use, after the
+    adapter's default), checked alike for every family."""
+    if len(images) != len(prompts):
+        raise ValueError(f"judge: {len(images)} images for {len(prompts)} prompts")
+    if not prompts:
+        raise ValueError("judge: nothing to judge (empty batch)")
+    for i, im in enumerate(images):
+        if not isinstance(im, Image.Image):
+            raise ValueError(f"judge: image {i} is a {type(im).__name__}, not a PIL image")
+    if "{prompt}" not in question:
+        raise ValueError(f"judge: question template {question!r} has no {{prompt}} field")

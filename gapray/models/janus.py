@@ -38,7 +38,14 @@ from transformers import (
     JanusProcessor,
 )
 
-from gapray.models.base import DEFAULT_QUESTION, Judgement, TrainableMode, check_generate_args, combine_cfg
+from gapray.models.base import (
+    DEFAULT_QUESTION,
+    Judgement,
+    TrainableMode,
+    check_generate_args,
+    check_judge_args,
+    combine_cfg,
+)
 from gapray.models.kv_cache import PreallocatedCache
 from gapray.models.sampling import RowSampler
 
@@ -452,16 +459,8 @@ class JanusAdapter:
         """P(yes)/(P(yes)+P(no)) for "does image i show prompts[i]?" and the yes/no decision.
 
         `question` is a template with {prompt} (default: the adapter's, from config)."""
-        if len(images) != len(prompts):
-            raise ValueError(f"judge: {len(images)} images for {len(prompts)} prompts")
-        if not prompts:
-            raise ValueError("judge: nothing to judge (empty batch)")
-        for i, im in enumerate(images):
-            if not isinstance(im, Image.Image):
-                raise ValueError(f"judge: image {i} is a {type(im).__name__}, not a PIL image")
         q = question or self.question
-        if "{prompt}" not in q:
-            raise ValueError(f"judge: question template {q!r} has no {{prompt}} field")
+        check_judge_args(images, prompts, q)
         scores = []
         for i in range(0, len(images), batch_size):
             texts = [

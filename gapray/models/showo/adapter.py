@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import PhiConfig
 
-from gapray.models.base import DEFAULT_QUESTION, Judgement, TrainableMode
+from gapray.models.base import DEFAULT_QUESTION, Judgement, TrainableMode, check_judge_args
 from gapray.models.showo.checkpoint import (
     ADAPTER_FILE,
     _load_tokenizer,
@@ -271,16 +271,8 @@ class ShowoAdapter(MaskPrediction):
         self, images: list[Image.Image], prompts: list[str], question: str | None = None, batch_size: int = 64
     ) -> Judgement:
         """P(yes)/(P(yes)+P(no)) for "does image i show prompts[i]?" via the understanding path."""
-        if len(images) != len(prompts):
-            raise ValueError(f"judge: {len(images)} images for {len(prompts)} prompts")
-        if not prompts:
-            raise ValueError("judge: nothing to judge (empty batch)")
-        for i, im in enumerate(images):
-            if not isinstance(im, Image.Image):
-                raise ValueError(f"judge: image {i} is a {type(im).__name__}, not a PIL image")
         q = question or self.question
-        if "{prompt}" not in q:
-            raise ValueError(f"judge: question template {q!r} has no {{prompt}} field")
+        check_judge_args(images, prompts, q)
         scores = []
         for i in range(0, len(images), batch_size):
             codes = self.encode_images(images[i : i + batch_size])

@@ -172,10 +172,9 @@ def validate(cfg: Config) -> None:
     need(ev.images_per_prompt >= 1, "eval.images_per_prompt", "must be >= 1")
     need(ev.limit is None or ev.limit >= 1, "eval.limit", "must be null (all) or >= 1")
     if ev.kind == "toy":
-        from gapray.eval.toy_eval import SPLIT_SEED
-        from gapray.toy.world import make_splits
+        from gapray.eval.toy_eval import scored_splits
 
-        scored = [k for k in make_splits(SPLIT_SEED) if k != "train"]
+        scored = scored_splits()
         need(
             ev.split in scored,
             "eval.split",

@@ -339,3 +339,7 @@ def test_the_eval_command_scores_a_held_out_split_only(capsys):
         main(["tiny", "--split", "train"])  # what the toy model was trained on: refused
     err = capsys.readouterr().err
     assert "--split must be one of" in err and "'train'" in err
+    from gapray.eval.toy_eval import ToyEvaluator
+
+    with pytest.raises(ValueError, match="train is what trains"):
+        ToyEvaluator("train")  # in process as on the command line

@@ -57,6 +57,14 @@ from gapray.types import GENEVAL_TAGS, Prompt
 
 SPLIT_SEED = 0
 """Seed of the toy train/test split; the toy model is trained on make_splits(SPLIT_SEED)["train"]."""
+
+
+def scored_splits() -> list[str]:
+    """The toy splits an evaluation may score: every split but train (what the model and the
+    run train on)."""
+    return [k for k in make_splits(SPLIT_SEED) if k != "train"]
+
+
 DEFAULT_CFG_SCALE = 5.0
 """Janus-Pro's CFG weight; used when the checkpoint's gapray_adapter.json names none."""
 DEFAULT_TEMPERATURE = 1.0
@@ -261,9 +269,8 @@ class ToyEvaluator:
     image_size = IMAGE_SIZE
 
     def __init__(self, split: str = "test", progress: bool = False):
-        splits = make_splits(SPLIT_SEED)
-        if split not in splits:
-            raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
+        if split not in scored_splits():
+            raise ValueError(f"split must be one of {scored_splits()} (train is what trains), got {split!r}")
         self.split, self.progress = split, progress
 
     def prompts(self) -> list[Prompt]:
@@ -423,9 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="rows per generate/judge call")
     parser.add_argument("--device", help="torch device for the model (default cpu)")
     args = parser.parse_args(argv)
-    held_out = [k for k in make_splits(SPLIT_SEED) if k != "train"]
-    if args.split not in held_out:
-        parser.error(f"--split must be one of {held_out}, got {args.split!r}")
+    if args.split not in scored_splits():
+        parser.error(f"--split must be one of {scored_splits()}, got {args.split!r}")
 
     from gapray.models import CheckpointError, load_model
     from gapray.models.base import guidance

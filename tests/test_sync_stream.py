@@ -17,6 +17,7 @@ from conftest import TINY_RUN
 from gapray.models.tiny import tiny_janus
 from gapray.workers.sync import (
     BucketReceiver,
+    ExportStream,
     PeakMemory,
     SyncManifest,
     TensorSpec,
@@ -377,13 +378,10 @@ class _FakeWorker:
 
 class _FakeGroup:
     def __init__(self, items):
-        from gapray.workers.sync import ExportStream
-
         self.items, self.placement = items, [{"node_id": "n0"}]
-        self.ExportStream = ExportStream
 
     def export_weights(self, bucket_mb):
-        return self.ExportStream(iter(self.items), [])
+        return ExportStream(iter(self.items), [])
 
 
 class _FakePool:

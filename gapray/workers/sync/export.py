@@ -82,10 +82,10 @@ class WeightExporter:
             raise ValueError(f"bucket_mb must be > 0, got {bucket_mb}")
         if params is None:
             params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        params = list(params.items())
-        changed = [full or self._changed(n, p) for n, p in params]
+        named = list(params.items())
+        changed = [full or self._changed(n, p) for n, p in named]
         pairs: dict[str, list[int]] = {}
-        for i, (n, _) in enumerate(params):
+        for i, (n, _) in enumerate(named):
             target = lora_target(n)
             if target is not None:
                 pairs.setdefault(target[0], []).append(i)
@@ -93,12 +93,12 @@ class WeightExporter:
             if any(changed[i] for i in members):
                 for i in members:
                     changed[i] = True
-        device = _local(params[0][1]).device if params else torch.device("cpu")
+        device = _local(named[0][1]).device if named else torch.device("cpu")
         changed = _agree(changed, device)
         # Packing units: a tensor, or a LoRA layer's A and B together (a bucket never splits a
         # pair, so a receiver can merge each pair on the bucket that brings it).
         units: list[list[tuple[str, torch.Tensor]]] = []
-        for (n, p), c in zip(params, changed, strict=True):
+        for (n, p), c in zip(named, changed, strict=True):
             if not c:
                 continue
             target = lora_target(n)
@@ -124,7 +124,7 @@ class WeightExporter:
                 for g in groups
             ),
             full=all(changed),
-            trainable=len(params),
+            trainable=len(named),
         )
         return manifest, groups
 

@@ -293,8 +293,8 @@ class EvalConfig:
     eval=toy scores the toy world's split named by eval.split."""
     split: str = "test"
     """eval=toy: the toy world's prompt split to score ("test": figures that are reported;
-    a tuning split such as "val" where the world has one: tries are scored there, so the test
-    split stays unseen). The training prompts (curriculum.prompts=toy) are always "train"."""
+    "val": the tuning split, where tries are scored, so the test split stays unseen). The
+    training prompts (curriculum.prompts=toy) are always "train"."""
     judges: list[str] = field(default_factory=list)
     """eval=judge and `gapray diagnose`: the external judges, each a local directory of a
     transformers image-text-to-text model (AutoModelForImageTextToText + AutoProcessor, e.g.

@@ -14,18 +14,23 @@ import pytest
 from PIL import Image
 
 from gapray.eval.geneval import Detection, evaluate_image, relative_position
-from gapray.toy.detector import UNKNOWN, ToyDetector, scene_detections
+from gapray.toy.detector import MIN_IOU, UNKNOWN, ToyDetector, scene_detections
 from gapray.toy.render import SHAPE_MASKS, render, render_array, render_batch
 from gapray.toy.world import (
     CELL,
     COLORS,
     COUNTS,
     GRID,
+    MAX_EVAL_PROMPTS,
+    MIN_TEST_PROMPTS,
     PALETTE,
+    PLURALS,
     SHAPES,
+    SPLITS,
     Scene,
     ToyObject,
     all_prompts,
+    held_apart,
     make_splits,
     near_miss,
     prompts_for_tag,
@@ -45,7 +50,12 @@ def _random_scene(rng: np.random.Generator) -> Scene:
     n = int(rng.integers(0, GRID * GRID + 1))
     cells = rng.choice(GRID * GRID, size=n, replace=False)
     objs = [
-        ToyObject(SHAPES[rng.integers(4)], COLORS[rng.integers(6)], int(c) // GRID, int(c) % GRID)
+        ToyObject(
+            SHAPES[rng.integers(len(SHAPES))],
+            COLORS[rng.integers(len(COLORS))],
+            int(c) // GRID,
+            int(c) % GRID,
+        )
         for c in cells
     ]
     return Scene(tuple(sorted(objs, key=lambda o: (o.row, o.col))))
@@ -61,12 +71,12 @@ def _blank() -> np.ndarray:
 def test_prompt_counts_and_unique_texts():
     sizes = {tag: len(ps) for tag, ps in all_prompts().items()}
     assert sizes == {
-        "single_object": 4,
-        "two_object": 12,
-        "counting": 12,
-        "colors": 24,
-        "position": 48,
-        "color_attr": 360,
+        "single_object": 8,
+        "two_object": 56,
+        "counting": 24,
+        "colors": 48,
+        "position": 224,
+        "color_attr": 1680,
     }
     texts = [p.text for p in _every_prompt()]
     assert len(set(texts)) == len(texts)
@@ -128,17 +138,69 @@ def test_same_keys_and_key_order_as_geneval_metadata():
 
 
 def test_splits_disjoint_cover_all_tags_and_seeded():
-    splits = make_splits(seed=0, test_fraction=0.2)
-    train, test = splits["train"], splits["test"]
-    assert not {p.text for p in train} & {p.text for p in test}
-    assert {p.text for p in train} | {p.text for p in test} == {p.text for p in _every_prompt()}
-    for ps in (train, test):
+    splits = make_splits(seed=0)
+    assert list(splits) == list(SPLITS)
+    texts = {k: {p.text for p in ps} for k, ps in splits.items()}
+    assert not texts["train"] & texts["val"] and not texts["train"] & texts["test"]
+    assert not texts["val"] & texts["test"]
+    assert set().union(*texts.values()) <= {p.text for p in _every_prompt()}
+    for split, ps in splits.items():
         assert {p.tag for p in ps} == set(GENEVAL_TAGS)
-    assert [p.id for p in train] == [f"toy-train/{i:05d}" for i in range(len(train))]
-    assert [p.id for p in test] == [f"toy-test/{i:05d}" for i in range(len(test))]
-    assert 0.15 < len(test) / (len(train) + len(test)) < 0.25
-    assert make_splits(seed=0, test_fraction=0.2) == splits
-    assert {p.text for p in make_splits(seed=1, test_fraction=0.2)["test"]} != {p.text for p in test}
+        assert [p.id for p in ps] == [f"toy-{split}/{i:05d}" for i in range(len(ps))]
+    for tag, every in all_prompts().items():
+        n = {k: sum(p.tag == tag for p in ps) for k, ps in splits.items()}
+        # Every tag of test has at least MIN_TEST_PROMPTS distinct prompts; eval splits are capped.
+        assert MIN_TEST_PROMPTS <= n["test"] <= MAX_EVAL_PROMPTS
+        assert 1 <= n["val"] <= MAX_EVAL_PROMPTS and n["train"] >= 1
+        assert n["val"] == min(MAX_EVAL_PROMPTS, max(1, round(0.2 * len(every))), len(every) - n["test"] - 1)
+    assert make_splits(seed=0) == splits
+    assert make_splits(seed=0)["train"] is not splits["train"]  # fresh lists: callers may edit theirs
+    assert {p.text for p in make_splits(seed=1)["test"]} != texts["test"]
+
+
+def test_held_apart_compositions_never_in_train():
+    for seed in (0, 1):
+        apart = held_apart(seed)
+        splits = make_splits(seed)
+        # One colour for each shape, four disjoint shape pairs.
+        assert sorted(s for s, _ in apart.colour_shapes) == sorted(SHAPES)
+        assert len(apart.shape_pairs) == 4 and len(set().union(*apart.shape_pairs)) == 8
+        train_pairs = {(o.cls, o.color) for p in splits["train"] for o in p.include}
+        train_shape_sets = [{o.cls for o in p.include} for p in splits["train"]]
+        assert not train_pairs & apart.colour_shapes
+        assert not any(pair <= shapes for pair in apart.shape_pairs for shapes in train_shape_sets)
+        for split in ("val", "test"):
+            held = [p for p in splits[split] if apart.holds(p)]
+            assert len(held) <= len(splits[split]) // 2 + len(GENEVAL_TAGS)
+            # Both kinds of composition are measured on each eval split.
+            assert any(p.tag == "colors" for p in held) and any(p.tag == "two_object" for p in held)
+    # holds() on hand-made prompts: a held-apart colour on a shape, a held-apart shape pair.
+    (shape, colour) = sorted(held_apart(0).colour_shapes)[0]
+    pair = sorted(sorted(p) for p in held_apart(0).shape_pairs)[0]
+    by_text = {p.text: p for p in _every_prompt()}
+    assert held_apart(0).holds(by_text[f"a photo of {_article(colour)} {colour} {shape}"])
+    assert held_apart(0).holds(
+        by_text[f"a photo of {_article(pair[0])} {pair[0]} and {_article(pair[1])} {pair[1]}"]
+    )
+    assert not held_apart(0).holds(by_text[f"a photo of two {PLURALS[shape]}"])
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def test_shape_masks_span_their_box_and_stay_apart():
+    assert set(SHAPE_MASKS) == set(SHAPES)
+    for name, mask in SHAPE_MASKS.items():
+        assert mask.shape == (6, 6) and mask.any(0).all() and mask.any(1).all(), name
+        assert mask.sum() >= 16, name
+    for a in SHAPES:
+        for b in SHAPES:
+            if a < b:
+                inter = (SHAPE_MASKS[a] & SHAPE_MASKS[b]).sum()
+                union = (SHAPE_MASKS[a] | SHAPE_MASKS[b]).sum()
+                # Below the detector's MIN_IOU, so no shape is credited as another.
+                assert inter / union <= 2 / 3 + 1e-9 < MIN_IOU, (a, b)
 
 
 # --- scenes and near misses -------------------------------------------------------------------

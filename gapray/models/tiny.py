@@ -42,7 +42,8 @@ BASE_WORDS = (
     "left right above below one two three four five six "
     # GenEval's ten colours and a few shapes (the toy world's classes)
     "red orange yellow green blue purple pink brown black white "
-    "circle circles square squares triangle triangles cross crosses"
+    "circle circles square squares triangle triangles cross crosses "
+    "ring rings heart hearts moon moons arrow arrows"
 ).split()
 
 

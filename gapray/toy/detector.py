@@ -16,11 +16,11 @@ one object, centred, in each 8x8 cell):
    of sigma 20 practically never flips a pixel (that needs a > 6 sigma deviation).
 2. foreground pixels with no foreground 8-neighbour in their cell are dropped as speckle (no
    shape has an isolated pixel), so a stray decoded pixel does not stretch the box.
-3. empty vs object: at least `min_pixels` (8) foreground pixels. The smallest shape (the cross)
-   has 20; below 8 a blob cannot reach IoU 0.4 with any shape, so it is speckle, not an object.
+3. empty vs object: at least `min_pixels` (8) foreground pixels. The smallest shapes (ring, moon,
+   arrow) have 16; below 8 a blob cannot reach IoU 0.5 with any shape, so it is speckle, not an object.
 4. colour: the palette colour nearest to the mean foreground pixel (averaging ~20-36 pixels
    cuts noise about 5x, and the closest palette pair, orange/yellow, is 112 apart).
-5. shape: the best IoU between the cell's foreground and the four 6x6 masks, each tried at the
+5. shape: the best IoU between the cell's foreground and the eight 6x6 masks, each tried at the
    nine placements within the 8x8 cell (a decoded object may sit off-centre by a pixel). At or
    above `min_iou` (0.7) it is that shape; below, class "unknown" (score 1.0), which no prompt
    names, so a non-shape blob never counts. 0.7 sits above the largest IoU between two different

@@ -5,7 +5,7 @@ The model must show the paper's *internal gap*: its understanding branch is a go
 scenes, its generation clearly weaker but not broken, so the self-improvement loop has room to
 work. Two stages, each resumable:
 
-1. `vq`  (pretrain_vq.py): the VQ tokenizer, one code per 8x8 cell (25 cell contents).
+1. `vq`  (pretrain_vq.py): the VQ tokenizer, one code per 8x8 cell (49 cell contents).
 2. `lm`  (pretrain_lm.py): vision encoder + LLM + generation head; per-patch naming loss, the
    judge's yes/no loss (--labels geneval, the default and the shipped model's recipe: GenEval's
    lenient verdict; --labels exact: the exact-scene rule, negatives the near-miss scene kinds
@@ -51,11 +51,11 @@ from gapray.toy.pretrain_vq import random_scenes, reconstruction_accuracy, vq_st
 from gapray.toy.world import NEAR_MISS_KINDS, make_splits
 
 MODEL_CONFIG = dict(
-    # 4x4 = 16 image tokens (patch 8 on 32 px); 32 codes for the 25 cell contents;
+    # 4x4 = 16 image tokens (patch 8 on 32 px); 64 codes for the 49 cell contents;
     # head_dim 32 (128 / 4 heads) for the vLLM backend.
     image_size=32,
     patch_size=8,
-    codebook_size=32,
+    codebook_size=64,
     hidden_size=128,
     num_layers=4,
     num_heads=4,
@@ -278,11 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                 run = {"patch": 0.0, "answer": 0.0, "gen": 0.0, "acc": 0.0, "n": 0}
             if state["step"] % (10 * args.log_every) == 0:
                 model.eval()
-                q = quick_understanding(adapter, splits["test"], seed=1, n=48)
-                print(f"[lm {state['step']}] test understanding {q['acc']:.3f} {q['per_tag']}", flush=True)
+                q = quick_understanding(adapter, splits["val"], seed=1, n=48)
+                print(f"[lm {state['step']}] val understanding {q['acc']:.3f} {q['per_tag']}", flush=True)
                 kinds = {k: round(v, 3) for k, v in q["per_kind"].items()}
                 print(
-                    f"[lm {state['step']}] test exact-scene understanding {q['exact_acc']:.3f} {kinds}",
+                    f"[lm {state['step']}] val exact-scene understanding {q['exact_acc']:.3f} {kinds}",
                     flush=True,
                 )
                 model.train()

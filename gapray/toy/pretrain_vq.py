@@ -4,7 +4,7 @@ Where it sits: `gapray toy pretrain` (gapray/toy/pretrain.py) runs this first; t
 turns rendered scenes into the 16 image tokens the LM stage learns to generate, and decodes the
 model's own generations into pixels for the judge and the verifier.
 
-The world is cell-aligned (one object per 8x8 cell, 25 distinct cell contents) and the VQ
+The world is cell-aligned (one object per 8x8 cell, 1 + 8 shapes x 6 colours = 49 distinct cell contents) and the VQ
 downsamples by 8, so one token is one cell. transformers' `JanusVQVAE.decode` L2-normalises
 codebook entries (`get_codebook_entry`) while its quantizer's forward does not; here the
 quantizer is cosine (encoder output and codebook both L2-normalised before the nearest-code
@@ -23,6 +23,9 @@ from transformers import JanusForConditionalGeneration
 
 from gapray.toy.render import render_batch
 from gapray.toy.world import CELL, COLORS, GRID, SHAPES, Scene, ToyObject
+
+N_CELL_CONTENTS = 1 + len(SHAPES) * len(COLORS)
+"""Distinct contents of one cell: empty, or one shape in one colour."""
 
 
 def random_scenes(rng: np.random.Generator, n: int, max_objects: int = 8) -> list[Scene]:
@@ -68,7 +71,7 @@ def vq_encode(model: JanusForConditionalGeneration, pixels: torch.Tensor) -> tor
 
 def cell_codes(scenes: list[Scene]) -> torch.Tensor:
     """(B, 16) code id of each cell's content in raster order: 0 = empty, 1 + 6*shape + colour
-    for an object (25 codes used of the codebook)."""
+    for an object (N_CELL_CONTENTS codes used of the codebook)."""
     out = torch.zeros(len(scenes), GRID * GRID, dtype=torch.long)
     for b, scene in enumerate(scenes):
         for o in scene.objects:
@@ -83,12 +86,18 @@ def vq_step(
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, dict]:
     """One supervised VQ step on a batch of scenes. The code of each cell is its content id
-    (`cell_codes`), so the tokenizer's vocabulary is the world's 25 cell contents:
+    (`cell_codes`), so the tokenizer's vocabulary is the world's N_CELL_CONTENTS cell contents (an error when
+    the codebook is smaller):
     - decoder: codes -> normalised codebook entries (as `get_codebook_entry`) -> pixels, MSE + L1;
     - encoder: cosine similarity of its unit latents to the unit codebook, cross-entropy on the
       cell's code, so `vq_encode` (nearest code) returns the same ids the decoder was trained on.
     Returns (loss, stats)."""
     vq = model.model.vqmodel
+    if vq.quantize.embedding.num_embeddings < N_CELL_CONTENTS:
+        raise ValueError(
+            f"the VQ codebook has {vq.quantize.embedding.num_embeddings} codes; the toy world needs "
+            f"{N_CELL_CONTENTS} (one per cell content): raise codebook_size"
+        )
     pixels = to_pixels(scenes).to(device)  # (B, 3, 32, 32)
     codes = cell_codes(scenes).to(device)  # (B, 16)
     q = vq.quantize.get_codebook_entry(codes)  # (B, E, 4, 4) unit vectors

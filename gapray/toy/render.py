@@ -7,10 +7,12 @@ maps to exactly one image, and every object pixel is exactly its palette colour.
     image = render(scene)                  # PIL.Image.Image, 32x32 RGB
     batch = render_batch([scene, ...])     # (B, 32, 32, 3) uint8
 
-The four 6x6 masks below were chosen so that every pair stays far apart (largest pairwise IoU
-0.67, circle vs square and triangle vs square; the cross is an X rather than a plus because a
-plus sits inside the circle, IoU 0.83), and every mask spans its full 6x6 box, so all objects
+The eight 6x6 masks below were chosen so that every pair stays far apart (largest pairwise IoU
+2/3: circle, triangle and heart vs square, arrow vs circle; the cross is an X rather than a
+plus because a plus sits inside the circle, IoU 0.83; the arrow points right because an upward
+one sits inside the circle, IoU 0.75), and every mask spans its full 6x6 box, so all objects
 have the same box and GenEval's position rule sees the same geometry for every shape.
+tests/test_toy_world.py checks both properties.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ SHAPE_MASKS: dict[str, np.ndarray] = {
     "square": _mask("XXXXXX XXXXXX XXXXXX XXXXXX XXXXXX XXXXXX"),
     "triangle": _mask("..XX.. ..XX.. .XXXX. .XXXX. XXXXXX XXXXXX"),
     "cross": _mask("X....X XX..XX .XXXX. .XXXX. XX..XX X....X"),
+    "ring": _mask(".XXXX. X....X X....X X....X X....X .XXXX."),
+    "heart": _mask("XX..XX XXXXXX XXXXXX .XXXX. ..XX.. ..XX.."),
+    "moon": _mask(".XXXXX XX.... X..... X..... XX.... .XXXXX"),
+    "arrow": _mask("...X.. ....X. XXXXXX XXXXXX ....X. ...X.."),
 }
 assert set(SHAPE_MASKS) == set(SHAPES) and all(
     m.shape == (SHAPE_SIZE, SHAPE_SIZE) for m in SHAPE_MASKS.values()

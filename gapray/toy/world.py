@@ -8,12 +8,13 @@ because a model and a tokenizer are trained on it:
 
 - 32x32 RGB, white background, a 4x4 grid of 8x8 cells, at most one object per cell, drawn
   centred in its cell on 6x6 pixels (1 px margin), so one cell is one token of an 8x VQ.
-- shapes (GenEval "classes") circle, square, triangle, cross; colours red, orange, yellow,
-  green, blue, purple; counts 1-4; GenEval's relations left of / right of / above / below.
+- shapes (GenEval "classes") circle, square, triangle, cross, ring, heart, moon, arrow; colours
+  red, orange, yellow, green, blue, purple; counts 1-4; GenEval's relations left of / right of /
+  above / below.
 
 Prompts use GenEval's schema and templates (evaluation_metadata.jsonl) for all six tags:
 
-    prompts = make_splits(seed=0, test_fraction=0.2)      # {"train": [...], "test": [...]}
+    prompts = make_splits(seed=0)      # {"train": [...], "val": [...], "test": [...]}
     scene = sample_scene(prompts["train"][0], np.random.default_rng(0))
     negative = near_miss(prompts["train"][0], np.random.default_rng(1))   # one attribute changed
     clutter = near_miss_scene(prompts["train"][0], np.random.default_rng(2), "extra_object")
@@ -22,6 +23,7 @@ Prompts use GenEval's schema and templates (evaluation_metadata.jsonl) for all s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import permutations, product
 
 import numpy as np
@@ -39,8 +41,8 @@ SHAPE_SIZE = 6
 """Side of an object's drawing box; the 1 px margin keeps neighbours from touching."""
 MARGIN = (CELL - SHAPE_SIZE) // 2
 
-SHAPES = ("circle", "square", "triangle", "cross")
-PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+SHAPES = ("circle", "square", "triangle", "cross", "ring", "heart", "moon", "arrow")
+PLURALS = {s: s + "es" if s.endswith("s") else s + "s" for s in SHAPES}
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple")
 BACKGROUND = (255, 255, 255)
 # Saturated, far apart in RGB (closest pair orange/yellow at distance 112, every colour at least
@@ -153,33 +155,92 @@ def prompts_for_tag(tag: str) -> list[Prompt]:
 
 
 def all_prompts() -> dict[str, list[Prompt]]:
-    """tag -> every distinct prompt (4, 12, 12, 24, 48 and 360 of them), ids empty."""
+    """tag -> every distinct prompt (8, 56, 24, 48, 224 and 1,680 of them), ids empty."""
     return {tag: prompts_for_tag(tag) for tag in GENEVAL_TAGS}
 
 
-def make_splits(seed: int = 0, test_fraction: float = 0.2) -> dict[str, list[Prompt]]:
-    """Seeded train/test split of every prompt, per tag, so each split covers all six tags.
+SPLITS = ("train", "val", "test")
+"""The toy prompt splits: train (the model and the run train on it), val (all tuning is scored
+there), test (reported figures only)."""
+EVAL_FRACTION = 0.2
+"""Share of each tag's prompts in val and in test (each), before the bounds below."""
+MIN_TEST_PROMPTS = 6
+"""Fewest distinct prompts of each tag in the test split."""
+MAX_EVAL_PROMPTS = 64
+"""Most prompts of one tag in val or test (color_attr has 1,680), so an eval stays short."""
 
-    No prompt text is in both. Each tag puts round(test_fraction x its size) prompts in test,
-    clamped to at least one in each split. Ids are "toy-train/00000", "toy-test/00000", ...
-    numbered in tag order.
-    """
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+
+@dataclass(frozen=True)
+class HeldApart:
+    """Compositions that no train prompt has: (shape, colour) pairs and unordered shape pairs.
+    Prompts that contain one go only to val and test, so those splits measure composition."""
+
+    colour_shapes: frozenset[tuple[str, str]]
+    shape_pairs: frozenset[frozenset[str]]
+
+    def holds(self, prompt: Prompt) -> bool:
+        """Whether `prompt` contains a held-apart composition."""
+        shapes = {o.cls for o in prompt.include}
+        return any((o.cls, o.color) in self.colour_shapes for o in prompt.include) or any(
+            pair <= shapes for pair in self.shape_pairs
+        )
+
+
+def held_apart(seed: int = 0) -> HeldApart:
+    """The seed's held-apart compositions: one colour for each shape (each colour at most twice)
+    and four disjoint shape pairs, drawn from a generator of `seed`."""
+    rng = np.random.default_rng([seed, 1])
+    colours = [COLORS[i % len(COLORS)] for i in rng.permutation(2 * len(COLORS))][: len(SHAPES)]
+    order = [SHAPES[i] for i in rng.permutation(len(SHAPES))]
+    pairs = [frozenset(order[k : k + 2]) for k in range(0, 8, 2)]  # 8 of the SHAPES
+    return HeldApart(frozenset(zip(SHAPES, colours, strict=True)), frozenset(pairs))
+
+
+def _split_sizes(n: int) -> tuple[int, int]:
+    """(val, test) prompt counts of a tag with n prompts; train keeps at least one."""
+    share = round(EVAL_FRACTION * n)
+    n_test = min(MAX_EVAL_PROMPTS, max(MIN_TEST_PROMPTS, share), n - 2)
+    n_val = min(MAX_EVAL_PROMPTS, max(1, share), n - n_test - 1)
+    return n_val, n_test
+
+
+@lru_cache(maxsize=8)
+def _splits(seed: int) -> dict[str, tuple[Prompt, ...]]:
     rng = np.random.default_rng(seed)
-    out: dict[str, list[Prompt]] = {"train": [], "test": []}
+    apart = held_apart(seed)
+    out: dict[str, list[Prompt]] = {split: [] for split in SPLITS}
     for tag in GENEVAL_TAGS:
         prompts = prompts_for_tag(tag)
-        order = rng.permutation(len(prompts))
-        n_test = min(len(prompts) - 1, max(1, round(test_fraction * len(prompts))))
-        chosen = {"test": sorted(order[:n_test]), "train": sorted(order[n_test:])}
-        for split, idx in chosen.items():
-            for i in idx:
+        order = [int(i) for i in rng.permutation(len(prompts))]
+        held = [i for i in order if apart.holds(prompts[i])]
+        free = [i for i in order if not apart.holds(prompts[i])]
+        n_val, n_test = _split_sizes(len(prompts))
+        chosen: dict[str, list[int]] = {}
+        for split, size in (("test", n_test), ("val", n_val)):
+            # Up to half of an eval split's prompts hold a held-apart composition.
+            k = min(len(held), size // 2)
+            chosen[split], held = held[:k] + free[: size - k], held[k:]
+            free = free[size - k :]
+        chosen["train"] = free  # held-apart prompts left over go nowhere
+        for split in SPLITS:
+            for i in sorted(chosen[split]):
                 p = prompts[i]
                 out[split].append(
                     Prompt(f"toy-{split}/{len(out[split]):05d}", p.text, p.tag, p.include, p.exclude)
                 )
-    return out
+    return {split: tuple(v) for split, v in out.items()}
+
+
+def make_splits(seed: int = 0) -> dict[str, list[Prompt]]:
+    """Seeded train/val/test split of the toy prompts, per tag, so each split covers all six tags.
+
+    No prompt text is in two splits. Each tag puts round(EVAL_FRACTION x its size) prompts in val
+    and in test, at most MAX_EVAL_PROMPTS, test at least MIN_TEST_PROMPTS, train at least one.
+    Prompts with a held-apart composition (`held_apart(seed)`) fill up to half of val and of
+    test and are never in train. Ids are "toy-train/00000", "toy-val/00000", "toy-test/00000",
+    ... numbered in tag order. Fresh lists of shared (frozen) prompts on each call.
+    """
+    return {split: list(prompts) for split, prompts in _splits(seed).items()}
 
 
 # --- scenes -----------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ class ModelConfig:
     """The unified model every role loads (policy, reference, judge)."""
 
     name: str = "toy"
-    """"toy" (the toy world's 2.31M-parameter model), "tiny" (a tiny Janus config built in code,
+    """"toy" (the toy world's 2.32M-parameter model), "tiny" (a tiny Janus config built in code,
     random weights, for tests), "janus_pro_shape" (Janus-Pro-1B's real layout: 384 px, 576
     image tokens, 16,384-code VQ, 102,400-id vocabulary, at CPU depth and width; random weights
     built in code, for CI) or a local checkpoint directory in `save_pretrained` form."""
@@ -311,6 +311,10 @@ class EvalConfig:
     """External judges' weights: "float32" | "bfloat16" | "auto" (bfloat16 on GPU, float32 on CPU)."""
     images_per_prompt: int = 4
     """Images per evaluated prompt, with fixed seeds (GenEval: 4)."""
+    min_images_per_tag: int = 300
+    """eval=toy: more images per prompt where a tag of the split has few prompts, so that every
+    tag is estimated from at least this many images (the toy test split's 6 single-object
+    prompts get 50 each); 0 = images_per_prompt everywhere."""
     limit: int | None = None
     """Evaluate only the first this many prompts (None = the whole set)."""
 

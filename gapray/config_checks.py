@@ -170,6 +170,7 @@ def validate(cfg: Config) -> None:
     # eval
     one_of("eval.kind", "self", "toy", "judge")
     need(ev.images_per_prompt >= 1, "eval.images_per_prompt", "must be >= 1")
+    need(ev.min_images_per_tag >= 0, "eval.min_images_per_tag", "must be >= 0")
     need(ev.limit is None or ev.limit >= 1, "eval.limit", "must be null (all) or >= 1")
     if ev.kind == "toy":
         from gapray.eval.toy_eval import scored_splits

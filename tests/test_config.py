@@ -101,9 +101,9 @@ def test_every_yaml_composes_and_validates(path: Path, tmp_path: Path):
 @pytest.mark.parametrize(
     ("overrides", "kind", "images"),
     [
-        ([], "toy", 8),  # the toy model: its exact verifier, 8 images a prompt
+        ([], "toy", 4),  # the toy model: its exact verifier, 4 images a prompt (more in small tags)
         (["model=tiny"], "self", 4),  # any other model: its own judge on GenEval
-        (["model=tiny", "eval=toy"], "toy", 8),  # an explicit choice wins
+        (["model=tiny", "eval=toy"], "toy", 4),  # an explicit choice wins
         (["eval=self"], "self", 4),
         (["eval.images_per_prompt=3"], "toy", 3),  # key overrides apply to the chosen group
         (["model=tiny", "eval=auto", "eval.limit=5"], "self", 4),

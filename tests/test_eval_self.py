@@ -42,7 +42,7 @@ def test_gap_metrics_hand_computed():
 
 def test_eval_seeds_are_rows_of_the_whole_set():
     assert eval_seeds(0, 0, 3) == [0, 1, 2]
-    assert eval_seeds(2, 5, 4) == [2 * 1_000_003 + 20 + k for k in range(4)]
+    assert eval_seeds(2, 20, 4) == [2 * 1_000_003 + 20 + k for k in range(4)]  # prompt 5 of 4 each
 
 
 def test_merge_refuses_shares_of_different_weights():

@@ -22,9 +22,11 @@ from gapray.eval.images import grid_rows, make_grid
 from gapray.eval.toy_eval import (
     QUESTION_KINDS,
     Question,
+    ToyEvaluator,
     evaluate,
     main,
     self_judge_metrics,
+    tag_image_counts,
     understanding_metrics,
 )
 from gapray.models.base import Judgement
@@ -34,8 +36,9 @@ from gapray.toy.render import render
 from gapray.toy.world import Scene, all_prompts, make_splits, near_miss_kinds, sample_scene
 from gapray.types import GENEVAL_TAGS
 
-LIMIT = 6  # the first 6 test prompts span four tags (single_object .. colors)
+LIMIT = 6  # the first 6 test prompts are one of each tag (round-robin ids)
 N = 2  # images per prompt in these tests (4 in real runs)
+UNIFORM = {"min_images_per_tag": 0}  # N images for every prompt (no per-tag minimum)
 RATES = (
     "understanding_accuracy",
     "understanding_yes_rate_on_positive",
@@ -66,7 +69,9 @@ def model():
 @pytest.fixture(scope="module")
 def run(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    return out, evaluate(model, out, images_per_prompt=N, limit=LIMIT, seed=0, batch_size=8, progress=False)
+    return out, evaluate(
+        model, out, images_per_prompt=N, limit=LIMIT, seed=0, batch_size=8, progress=False, **UNIFORM
+    )
 
 
 # --- metric functions -------------------------------------------------------------------------
@@ -223,7 +228,7 @@ def _n_questions(prompts) -> int:
 
 def test_evaluate_oracle_plumbing():
     # Every index in evaluate must pair the right image, prompt and verdict for these to hold.
-    m = evaluate(OracleModel(), images_per_prompt=4, limit=20, batch_size=6, progress=False)
+    m = evaluate(OracleModel(), images_per_prompt=4, limit=20, batch_size=6, progress=False, **UNIFORM)
     n_q = _n_questions(make_splits(0)["test"][:20])
     assert m["understanding_accuracy"] == 1.0 and m["n_questions"] == n_q
     assert m["understanding_yes_rate_on_positive"] == m["understanding_no_rate_on_negative"] == 1.0
@@ -239,11 +244,32 @@ def test_understanding_catches_a_lenient_judge():
     # A judge with GenEval's rule says yes to clutter: the exact-scene questions show it (it says
     # no to an extra object only when it repeats an asked class: 0.05 here), while the old prompt
     # near-miss questions alone would read perfect.
-    m = evaluate(LenientOracle(), images_per_prompt=1, limit=20, batch_size=16, progress=False)
+    m = evaluate(LenientOracle(), images_per_prompt=1, limit=20, batch_size=16, progress=False, **UNIFORM)
     assert m["understanding_per_kind"]["prompt_near_miss"] == 1.0
     assert m["understanding_no_rate_per_kind"]["extra_object"] < 0.25
     assert m["understanding_per_kind"]["extra_object"] < 0.65
     assert m["understanding_accuracy"] < 1.0
+
+
+def test_small_tags_get_more_images_so_every_tag_reaches_the_minimum():
+    test = make_splits(0)["test"]
+    counts = tag_image_counts(test, 4, 300)
+    per_tag = {t: [counts.n(i) for i, p in enumerate(test) if p.tag == t] for t in GENEVAL_TAGS}
+    # 6 single-object prompts: ceil(300 / 6) = 50 each; 64 colour-attribution: ceil(300 / 64) = 5.
+    assert set(per_tag["single_object"]) == {50} and set(per_tag["color_attr"]) == {5}
+    assert all(sum(ns) >= 300 and min(ns) >= 4 for ns in per_tag.values())
+    assert tag_image_counts(test, 4, 0).per_prompt == (4,) * len(test)
+    # Rows of the whole set: prompt 2's images start after prompt 0's and 1's.
+    assert counts.first_row(2) == counts.n(0) + counts.n(1)
+    # Through evaluate: the counts of the whole split, also under --limit, in one share's calls
+    # of mixed sizes; every image is paired with its own prompt's verdict.
+    m = evaluate(OracleModel(), images_per_prompt=4, limit=12, batch_size=64, progress=False)
+    want = {t: sum(counts.n(i) for i in range(12) if test[i].tag == t) for t in GENEVAL_TAGS}
+    assert m["images_per_tag"] == want and m["n_images"] == sum(want.values())
+    assert m["images_per_prompt"] == 4 and m["min_images_per_tag"] == 300
+    assert m["judge_balanced_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="min_images_per_tag"):
+        ToyEvaluator(min_images_per_tag=-1)
 
 
 # --- whole runs with a tiny random Janus --------------------------------------------------------
@@ -258,11 +284,11 @@ def test_evaluate_keys_and_ranges(run):
     for key in RATES:
         assert key in m
         assert m[key] is None or 0.0 <= m[key] <= 1.0, key
-    assert set(m["geneval_per_tag"]) == {"single_object", "two_object", "counting", "colors"}
+    assert set(m["geneval_per_tag"]) == set(GENEVAL_TAGS)
     assert set(m["understanding_per_tag"]) == set(m["geneval_per_tag"])
     assert all(0 <= v <= 1 for v in [*m["geneval_per_tag"].values(), *m["understanding_per_tag"].values()])
     # GenEval's overall: the unweighted mean of the tag scores.
-    assert m["geneval_overall"] == pytest.approx(sum(m["geneval_per_tag"].values()) / 4)
+    assert m["geneval_overall"] == pytest.approx(sum(m["geneval_per_tag"].values()) / 6)
     assert m["seconds"] > 0
     json.dumps(m, allow_nan=False)
 
@@ -289,12 +315,14 @@ def test_evaluate_writes_geneval_layout(run):
 
 def test_evaluate_deterministic_and_limit_is_a_prefix(model, run, tmp_path):
     out, m = run
-    again = evaluate(model, images_per_prompt=N, limit=LIMIT, seed=0, batch_size=12, progress=False)
+    again = evaluate(
+        model, images_per_prompt=N, limit=LIMIT, seed=0, batch_size=12, progress=False, **UNIFORM
+    )
     drop = ("seconds",)
     assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in m.items() if k not in drop}
     # A shorter --limit run makes exactly the first images of the longer one (seeds are per row
     # of the whole run, not per batch).
-    evaluate(model, tmp_path, images_per_prompt=N, limit=2, seed=0, batch_size=4, progress=False)
+    evaluate(model, tmp_path, images_per_prompt=N, limit=2, seed=0, batch_size=4, progress=False, **UNIFORM)
     for i in range(2):
         for k in range(N):
             name = f"{i:05d}/samples/{k:04d}.png"
@@ -308,7 +336,17 @@ def test_main_uses_the_checkpoints_tuned_sampling_settings(model, tmp_path, caps
         model.save_pretrained(ckpt)
     finally:
         model.extra_settings.clear()
-    assert main([str(ckpt), "--limit", "1", "--images-per-prompt", "1", "--out", str(tmp_path / "o")]) == 0
+    args = [
+        "--limit",
+        "1",
+        "--images-per-prompt",
+        "1",
+        "--min-images-per-tag",
+        "0",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main([str(ckpt), *args]) == 0
     m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert m["cfg_scale"] == 3.0 and m["temperature"] == 0.7
 
@@ -323,7 +361,8 @@ def test_main_prints_json_last_line(model, tmp_path, capsys):
     ckpt = tmp_path / "tiny-ckpt"
     model.save_pretrained(ckpt)
     out = tmp_path / "out"
-    rc = main([str(ckpt), "--limit", "6", "--images-per-prompt", "1", "--out", str(out), "--batch-size", "8"])
+    args = ["--limit", "6", "--images-per-prompt", "1", "--min-images-per-tag", "0", "--out", str(out)]
+    rc = main([str(ckpt), *args, "--batch-size", "8"])
     assert rc == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     m = json.loads(last)

@@ -4,7 +4,7 @@ model's own understanding, write them in GenEval's folder layout, and draw the g
 Where it sits: under the evaluators (`self_eval.py`, `toy_eval.py`), which run on the
 generation pool's workers one share of prompts each (`stage.py` splits and gathers). Every
 image is addressed by (prompt index in the evaluated set, sample k), and its seed depends on
-those alone (`eval_seeds`), so a share, a `--limit` run or a rerun on other workers draws
+those and the set's image counts alone (`eval_seeds`, `ImageCounts`), so a share, a `--limit` run or a rerun on other workers draws
 exactly the same images as the whole set on one worker.
 
     for index, prompt, images, judged in generate_and_judge(model, prompts, indices, settings):
@@ -31,11 +31,35 @@ GRID_TILE = 128
 GREEN, RED = (0, 170, 0), (230, 0, 0)
 
 
-def eval_seeds(seed: int, index: int, n: int) -> list[int]:
-    """The sampling seeds of prompt `index`'s n evaluation images: image k of prompt i is row
-    i*n + k of the whole set, seeded seed*1_000_003 + row (the adapter's rule for one int seed,
-    so a one-call evaluation of the whole set draws the same images)."""
-    return [seed * 1_000_003 + index * n + k for k in range(n)]
+def eval_seeds(seed: int, first_row: int, n: int) -> list[int]:
+    """The sampling seeds of one prompt's n evaluation images, whose first row in the whole set
+    is `first_row` (`ImageCounts.first_row`; i*n for prompt i when every prompt has n): image k
+    is row first_row + k, seeded seed*1_000_003 + row (the adapter's rule for one int seed, so a
+    one-call evaluation of the whole set draws the same images)."""
+    return [seed * 1_000_003 + first_row + k for k in range(n)]
+
+
+@dataclass(frozen=True)
+class ImageCounts:
+    """How many images each prompt of the whole evaluated set gets (by prompt index), and so
+    where its rows start: the rows of the whole set are prompt 0's images, then prompt 1's, ..."""
+
+    per_prompt: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if any(n < 1 for n in self.per_prompt):
+            raise ValueError(f"every prompt needs at least one image, got counts {self.per_prompt}")
+
+    @classmethod
+    def uniform(cls, n: int, size: int) -> ImageCounts:
+        """n images for each of `size` prompts (GenEval's way: 4 each)."""
+        return cls((n,) * size)
+
+    def n(self, index: int) -> int:
+        return self.per_prompt[index]
+
+    def first_row(self, index: int) -> int:
+        return sum(self.per_prompt[:index])
 
 
 @dataclass(frozen=True)
@@ -54,42 +78,70 @@ def generate_and_judge(
     indices: Sequence[int],
     settings,
     on_rows=None,
+    counts: ImageCounts | None = None,
 ) -> Iterator[tuple[int, Prompt, list[Image.Image], Judged]]:
-    """settings.images_per_prompt images for each prompt (prompts[j] has index indices[j] in
-    the evaluated set), decoded and judged by the same model, about settings.batch_size rows per
-    call (`settings`: a base.EvalSettings). Yields per prompt. settings.question / threshold:
-    what the judge is asked and where it says yes (an evaluation in a run passes
-    reward.question / reward.threshold); None = the adapter's own."""
-    n, batch_size, threshold = settings.images_per_prompt, settings.batch_size, settings.threshold
-    per_chunk = max(1, batch_size // n)  # prompts per generate call: about batch_size rows
-    for lo in range(0, len(prompts), per_chunk):
-        chunk, where = prompts[lo : lo + per_chunk], indices[lo : lo + per_chunk]
-        seeds = [s for i in where for s in eval_seeds(settings.seed, i, n)]
-        tokens = model.generate(
-            [p.text for p in chunk],
-            n=n,
-            cfg_scale=settings.cfg_scale,
-            temperature=settings.temperature,
-            seed=seeds,
-            batch_size=batch_size,
-        )  # (len(chunk) * n, T)
-        images = model.decode(tokens)
-        judged = model.judge(images, [p.text for p in chunk for _ in range(n)], question=settings.question)
-        # s = 1 when S >= threshold, compared in S's own float32 as the reward worker does.
-        decision = judged.decision if threshold is None else judged.p_yes >= threshold
-        for j, (index, p) in enumerate(zip(where, chunk, strict=True)):
-            rows = slice(j * n, (j + 1) * n)
-            yield (
-                index,
-                p,
-                images[rows],
-                Judged(
-                    p_yes=[round(float(v), 6) for v in judged.p_yes[rows]],
-                    yes=[bool(v) for v in decision[rows]],
-                ),
-            )
+    """The images of each prompt (prompts[j] has index indices[j] in the evaluated set):
+    counts.n(index) of them, settings.images_per_prompt for every prompt when counts is None;
+    decoded and judged by the same model, about settings.batch_size rows per chunk of
+    consecutive prompts, one generate call per image count in the chunk (`settings`: a
+    base.EvalSettings). Yields per prompt, in order. settings.question / threshold: what the
+    judge is asked and where it says yes (an evaluation in a run passes reward.question /
+    reward.threshold); None = the adapter's own."""
+    if counts is None:
+        counts = ImageCounts.uniform(settings.images_per_prompt, max(indices, default=-1) + 1)
+    for chunk in _chunks(list(zip(indices, prompts, strict=True)), counts, settings.batch_size):
+        done: dict[int, tuple[list[Image.Image], Judged]] = {}
+        for n in dict.fromkeys(counts.n(i) for i, _ in chunk):
+            same = [(i, p) for i, p in chunk if counts.n(i) == n]
+            done |= _generate_and_judge(model, same, n, counts, settings)
+        for index, p in chunk:
+            yield (index, p, *done[index])
         if on_rows is not None:
-            on_rows(len(chunk) * n)
+            on_rows(sum(counts.n(i) for i, _ in chunk))
+
+
+def _chunks(items: list[tuple[int, Prompt]], counts: ImageCounts, batch_size: int):
+    """Consecutive (index, prompt) runs of about batch_size rows (at least one prompt each)."""
+    chunk: list[tuple[int, Prompt]] = []
+    rows = 0
+    for index, p in items:
+        if chunk and rows + counts.n(index) > batch_size:
+            yield chunk
+            chunk, rows = [], 0
+        chunk.append((index, p))
+        rows += counts.n(index)
+    if chunk:
+        yield chunk
+
+
+def _generate_and_judge(model, items, n: int, counts: ImageCounts, settings) -> dict:
+    """index -> (images, Judged) for (index, prompt) items that all get n images, in one call."""
+    seeds = [s for i, _ in items for s in eval_seeds(settings.seed, counts.first_row(i), n)]
+    texts = [p.text for _, p in items]
+    tokens = model.generate(
+        texts,
+        n=n,
+        cfg_scale=settings.cfg_scale,
+        temperature=settings.temperature,
+        seed=seeds,
+        batch_size=settings.batch_size,
+    )  # (len(items) * n, T)
+    images = model.decode(tokens)
+    judged = model.judge(images, [t for t in texts for _ in range(n)], question=settings.question)
+    # s = 1 when S >= threshold, compared in S's own float32 as the reward worker does.
+    threshold = settings.threshold
+    decision = judged.decision if threshold is None else judged.p_yes >= threshold
+    out = {}
+    for j, (index, _) in enumerate(items):
+        rows = slice(j * n, (j + 1) * n)
+        out[index] = (
+            images[rows],
+            Judged(
+                p_yes=[round(float(v), 6) for v in judged.p_yes[rows]],
+                yes=[bool(v) for v in decision[rows]],
+            ),
+        )
+    return out
 
 
 def image_record(index: int, k: int, prompt: Prompt, judged: Judged, **extra) -> dict:

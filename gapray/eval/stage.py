@@ -32,7 +32,7 @@ def make_evaluator(eval_cfg) -> Evaluator:
     if eval_cfg.kind == "toy":
         from gapray.eval.toy_eval import ToyEvaluator
 
-        return ToyEvaluator(eval_cfg.split)
+        return ToyEvaluator(eval_cfg.split, min_images_per_tag=eval_cfg.min_images_per_tag)
     if eval_cfg.kind == "judge":
         from gapray.eval.judge_eval import JudgeEvaluator
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -38,10 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from gapray.config import EvalConfig
 from gapray.eval.base import EvalSettings, EvalShare, run_local
 from gapray.eval.exact_scene import exact_scene, objects_in
 from gapray.eval.geneval import evaluate_image, score_geneval
-from gapray.eval.images import generate_and_judge, image_record
+from gapray.eval.images import ImageCounts, generate_and_judge, image_record
 from gapray.toy.detector import ToyDetector
 from gapray.toy.render import render
 from gapray.toy.world import (
@@ -63,6 +65,23 @@ def scored_splits() -> list[str]:
     """The toy splits an evaluation may score: every split but train (what the model and the
     run train on)."""
     return [k for k in make_splits(SPLIT_SEED) if k != "train"]
+
+
+MIN_IMAGES_PER_TAG = EvalConfig.min_images_per_tag
+"""Fewest images each tag of the scored split is estimated from (eval.min_images_per_tag)."""
+
+
+def tag_image_counts(
+    prompts: Sequence[Prompt], images_per_prompt: int, min_images_per_tag: int
+) -> ImageCounts:
+    """Images for each prompt of a split: images_per_prompt, or more where the prompt's tag has
+    few prompts, so every tag gets at least min_images_per_tag images (ceil(min / its prompts)
+    each: test's 6 single-object prompts get 50 each for 300)."""
+    sizes: dict[str | None, int] = {}
+    for p in prompts:
+        sizes[p.tag] = sizes.get(p.tag, 0) + 1
+    per_tag = {t: max(images_per_prompt, math.ceil(min_images_per_tag / k)) for t, k in sizes.items()}
+    return ImageCounts(tuple(per_tag[p.tag] for p in prompts))
 
 
 DEFAULT_CFG_SCALE = 5.0
@@ -268,10 +287,19 @@ class ToyEvaluator:
     name = "toy"
     image_size = IMAGE_SIZE
 
-    def __init__(self, split: str = "test", progress: bool = False):
+    def __init__(
+        self, split: str = "test", progress: bool = False, min_images_per_tag: int = MIN_IMAGES_PER_TAG
+    ):
         if split not in scored_splits():
             raise ValueError(f"split must be one of {scored_splits()} (train is what trains), got {split!r}")
-        self.split, self.progress = split, progress
+        if min_images_per_tag < 0:
+            raise ValueError(f"min_images_per_tag must be >= 0, got {min_images_per_tag}")
+        self.split, self.progress, self.min_images_per_tag = split, progress, min_images_per_tag
+
+    def counts(self, settings: EvalSettings) -> ImageCounts:
+        """Images per prompt of the whole split (`tag_image_counts`): a share or a --limit run
+        draws the same images as the whole split."""
+        return tag_image_counts(self.prompts(), settings.images_per_prompt, self.min_images_per_tag)
 
     def prompts(self) -> list[Prompt]:
         return make_splits(SPLIT_SEED)[self.split]
@@ -289,15 +317,16 @@ class ToyEvaluator:
                 threshold=settings.threshold,
             )
         )
-        n = settings.images_per_prompt
+        counts = self.counts(settings)
         detector = ToyDetector()
-        bar = _Progress("generated images", len(prompts) * n, self.progress)
+        bar = _Progress("generated images", sum(counts.n(i) for i in indices), self.progress)
         for index, p, images, judged in generate_and_judge(
             model,
             prompts,
             indices,
             settings,
             on_rows=bar.update,
+            counts=counts,
         ):
             for k, image in enumerate(images):
                 found = detector.detect(image)
@@ -321,12 +350,18 @@ class ToyEvaluator:
         return result
 
     def summarize(self, prompts, merged: EvalShare, settings: EvalSettings) -> dict[str, Any]:
-        n = settings.images_per_prompt
         correct = [r["correct"] for r in merged.records]  # rows grouped by prompt, in index order
         exact = [r["exact"] for r in merged.records]
         accepted = [r["judge_yes"] for r in merged.records]
-        geneval = score_geneval([(p, correct[i * n : (i + 1) * n]) for i, p in enumerate(prompts)])
-        strict = score_geneval([(p, exact[i * n : (i + 1) * n]) for i, p in enumerate(prompts)])
+        by_prompt: dict[int, list[dict]] = {}
+        for r in merged.records:
+            by_prompt.setdefault(r["index"], []).append(r)
+        geneval = score_geneval([(p, [r["correct"] for r in by_prompt[i]]) for i, p in enumerate(prompts)])
+        strict = score_geneval([(p, [r["exact"] for r in by_prompt[i]]) for i, p in enumerate(prompts)])
+        counts = self.counts(settings)
+        images_per_tag: dict[str, int] = {}
+        for i, p in enumerate(prompts):
+            images_per_tag[p.tag] = images_per_tag.get(p.tag, 0) + counts.n(i)
         under_exact = self_judge_metrics(exact, accepted)
         tags, answers, decisions = (list(c) for c in zip(*merged.questions, strict=True))
         kinds = [q.kind for q in merged.questions]
@@ -334,7 +369,9 @@ class ToyEvaluator:
             "split": self.split,
             "n_prompts": len(prompts),
             "n_images": len(correct),
-            "images_per_prompt": n,
+            "images_per_prompt": settings.images_per_prompt,
+            "min_images_per_tag": self.min_images_per_tag,
+            "images_per_tag": {t: images_per_tag[t] for t in GENEVAL_TAGS if t in images_per_tag},
             "cfg_scale": settings.cfg_scale,
             "temperature": settings.temperature,
             "seed": settings.seed,
@@ -374,6 +411,7 @@ def evaluate(
     *,
     split: str = "test",
     images_per_prompt: int = 4,
+    min_images_per_tag: int = MIN_IMAGES_PER_TAG,
     cfg_scale: float | None = DEFAULT_CFG_SCALE,
     temperature: float = DEFAULT_TEMPERATURE,
     seed: int = 0,
@@ -391,7 +429,8 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     settings = EvalSettings(images_per_prompt, cfg_scale, temperature, seed, batch_size)
-    return run_local(ToyEvaluator(split, progress), model, out_dir, settings, limit=limit, meta=meta)
+    evaluator = ToyEvaluator(split, progress, min_images_per_tag)
+    return run_local(evaluator, model, out_dir, settings, limit=limit, meta=meta)
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -413,7 +452,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("checkpoint", help="a save_pretrained directory, `toy` (the shipped model) or `tiny`")
     parser.add_argument("--out", help="output folder (default runs/eval-<checkpoint name>-<timestamp>)")
-    parser.add_argument("--images-per-prompt", type=_positive_int, default=4)
+    parser.add_argument(
+        "--images-per-prompt", type=_positive_int, default=4, help="images per prompt, at least (GenEval: 4)"
+    )
+    parser.add_argument(
+        "--min-images-per-tag",
+        type=int,
+        default=MIN_IMAGES_PER_TAG,
+        help="more images per prompt where a tag has few prompts, so that every tag has at least this many "
+        f"(default {MIN_IMAGES_PER_TAG}; 0 = images-per-prompt everywhere)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling and question seed")
     parser.add_argument(
         "--cfg-scale", type=float, help="CFG weight; 1 = no guidance (default: the checkpoint's, else 5.0)"
@@ -432,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.split not in scored_splits():
         parser.error(f"--split must be one of {scored_splits()}, got {args.split!r}")
+    if args.min_images_per_tag < 0:
+        parser.error(f"--min-images-per-tag must be >= 0, got {args.min_images_per_tag}")
 
     from gapray.models import CheckpointError, load_model
     from gapray.models.base import guidance
@@ -457,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         out,
         split=args.split,
         images_per_prompt=args.images_per_prompt,
+        min_images_per_tag=args.min_images_per_tag,
         cfg_scale=guidance(cfg_scale),
         temperature=temperature,
         seed=args.seed,

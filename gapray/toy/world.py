@@ -208,7 +208,7 @@ def _split_sizes(n: int) -> tuple[int, int]:
 def _splits(seed: int) -> dict[str, tuple[Prompt, ...]]:
     rng = np.random.default_rng(seed)
     apart = held_apart(seed)
-    out: dict[str, list[Prompt]] = {split: [] for split in SPLITS}
+    picked: dict[str, list[list[Prompt]]] = {split: [] for split in SPLITS}  # per split, per tag
     for tag in GENEVAL_TAGS:
         prompts = prompts_for_tag(tag)
         order = [int(i) for i in rng.permutation(len(prompts))]
@@ -223,12 +223,15 @@ def _splits(seed: int) -> dict[str, tuple[Prompt, ...]]:
             free = free[size - k :]
         chosen["train"] = free  # held-apart prompts left over go nowhere
         for split in SPLITS:
-            for i in sorted(chosen[split]):
-                p = prompts[i]
-                out[split].append(
-                    Prompt(f"toy-{split}/{len(out[split]):05d}", p.text, p.tag, p.include, p.exclude)
-                )
-    return {split: tuple(v) for split, v in out.items()}
+            picked[split].append([prompts[i] for i in sorted(chosen[split])])
+    out: dict[str, tuple[Prompt, ...]] = {}
+    for split, per_tag in picked.items():
+        # Round-robin over the tags, so the first prompts of a split (--limit) span every tag.
+        order = [ps[k] for k in range(max(map(len, per_tag))) for ps in per_tag if k < len(ps)]
+        out[split] = tuple(
+            Prompt(f"toy-{split}/{n:05d}", p.text, p.tag, p.include, p.exclude) for n, p in enumerate(order)
+        )
+    return out
 
 
 def make_splits(seed: int = 0) -> dict[str, list[Prompt]]:
@@ -237,8 +240,10 @@ def make_splits(seed: int = 0) -> dict[str, list[Prompt]]:
     No prompt text is in two splits. Each tag puts round(EVAL_FRACTION x its size) prompts in val
     and in test, at most MAX_EVAL_PROMPTS, test at least MIN_TEST_PROMPTS, train at least one.
     Prompts with a held-apart composition (`held_apart(seed)`) fill up to half of val and of
-    test and are never in train. Ids are "toy-train/00000", "toy-val/00000", "toy-test/00000",
-    ... numbered in tag order. Fresh lists of shared (frozen) prompts on each call.
+    test and are never in train. Prompts come round-robin over the tags (one of each tag in
+    GENEVAL_TAGS order, again, ... while a tag has any left), so the first six of a split are
+    one of each tag; ids "toy-train/00000", "toy-val/00000", "toy-test/00000", ... number them
+    in that order. Fresh lists of shared (frozen) prompts on each call.
     """
     return {split: list(prompts) for split, prompts in _splits(seed).items()}
 

@@ -358,10 +358,9 @@ class ToyEvaluator:
             by_prompt.setdefault(r["index"], []).append(r)
         geneval = score_geneval([(p, [r["correct"] for r in by_prompt[i]]) for i, p in enumerate(prompts)])
         strict = score_geneval([(p, [r["exact"] for r in by_prompt[i]]) for i, p in enumerate(prompts)])
-        counts = self.counts(settings)
-        images_per_tag: dict[str, int] = {}
+        images_per_tag: dict[str, int] = {}  # counted from the records: what was drawn
         for i, p in enumerate(prompts):
-            images_per_tag[p.tag] = images_per_tag.get(p.tag, 0) + counts.n(i)
+            images_per_tag[p.tag] = images_per_tag.get(p.tag, 0) + len(by_prompt[i])
         under_exact = self_judge_metrics(exact, accepted)
         tags, answers, decisions = (list(c) for c in zip(*merged.questions, strict=True))
         kinds = [q.kind for q in merged.questions]

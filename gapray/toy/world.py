@@ -192,7 +192,7 @@ def held_apart(seed: int = 0) -> HeldApart:
     rng = np.random.default_rng([seed, 1])
     colours = [COLORS[i % len(COLORS)] for i in rng.permutation(2 * len(COLORS))][: len(SHAPES)]
     order = [SHAPES[i] for i in rng.permutation(len(SHAPES))]
-    pairs = [frozenset(order[k : k + 2]) for k in range(0, 8, 2)]  # 8 of the SHAPES
+    pairs = [frozenset(order[k : k + 2]) for k in range(0, 8, 2)]  # the first 8 shapes of the shuffle
     return HeldApart(frozenset(zip(SHAPES, colours, strict=True)), frozenset(pairs))
 
 

@@ -109,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="understanding tag weights, tag=w,... (others 1)",
     )
     p.add_argument(
+        "--round-trip",
+        type=float,
+        default=0.0,
+        help="share of understanding questions on the scene's VQ round trip (the pixels the judge "
+        "sees on the model's own samples) instead of the rendered scene",
+    )
+    p.add_argument(
+        "--patch-position",
+        action="store_true",
+        help="the per-patch targets name each cell's row and column as well as its colour and shape",
+    )
+    p.add_argument(
+        "--judge-template",
+        default=None,
+        help="the judge prompt with <image_placeholder> and {question} (default: Janus's, image first); "
+        "saved with the checkpoint",
+    )
+    p.add_argument(
         "--colour-negatives",
         type=float,
         default=0.5,
@@ -155,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         negatives = parse_weights(args.negatives, NEAR_MISS_KINDS, "--negatives")
     except ValueError as err:
         parser.error(str(err))
+    if not 0.0 <= args.round_trip <= 1.0:
+        parser.error(f"--round-trip must lie in [0, 1], got {args.round_trip}")
+    if args.judge_template is not None:
+        missing = [k for k in ("<image_placeholder>", "{question}") if k not in args.judge_template]
+        if missing:
+            parser.error(
+                f"--judge-template must contain {' and '.join(missing)}, got {args.judge_template!r}"
+            )
     if args.labels == "exact" and not any(negatives.values()):
         parser.error(f"--negatives: at least one weight must be > 0, got {args.negatives!r}")
     torch.set_num_threads(args.threads)
@@ -164,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
 
     adapter = tiny_janus(seed=args.seed, **MODEL_CONFIG)
+    if args.judge_template is not None:
+        adapter.judge_template = args.judge_template
     model = adapter.model.to(device)
     vq_opt = torch.optim.Adam(model.model.vqmodel.parameters(), lr=2e-3)
     lm_opt = torch.optim.AdamW(lm_params(adapter), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -252,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.colour_negatives,
                 labels=args.labels,
                 negatives=negatives,
+                round_trip=args.round_trip,
+                patch_position=args.patch_position,
             )
             patch, answer, p_yes = und_losses(adapter, ub.to(device))  # p_yes: (B,)
             loss = args.patch_weight * patch + answer

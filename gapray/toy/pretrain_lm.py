@@ -34,7 +34,7 @@ from gapray.eval.exact_scene import exact_scene
 from gapray.eval.geneval import evaluate_image
 from gapray.models.janus import JanusAdapter
 from gapray.toy.detector import scene_detections
-from gapray.toy.pretrain_vq import cell_codes, to_pixels
+from gapray.toy.pretrain_vq import cell_codes, to_pixels, vq_round_trip
 from gapray.toy.world import (
     COLORS,
     GRID,
@@ -58,7 +58,9 @@ class UndBatch:
     input_ids: torch.Tensor  # (B, L) left-padded, 16 image placeholders per row
     attention_mask: torch.Tensor  # (B, L)
     pixel_values: torch.Tensor  # (B, 3, 32, 32)
-    patch_targets: torch.Tensor  # (B, 16, 2) word ids (colour, shape); ("no", "no") for empty
+    patch_targets: (
+        torch.Tensor
+    )  # (B, 16, 2) word ids (colour, shape), ("no", "no") if empty; + (row, col) when 4
     labels: torch.Tensor  # (B,) bool: does the scene satisfy the asked prompt (exact or GenEval rule)
     tags: list[str]
 
@@ -202,8 +204,16 @@ def und_batch(
     *,
     labels: str,
     negatives: dict[str, float] | None = None,
+    round_trip: float = 0.0,
+    patch_position: bool = False,
 ) -> UndBatch:
-    """One understanding batch of `prompts`, scenes and labels from `question_scene`."""
+    """One understanding batch of `prompts`, scenes and labels from `question_scene`.
+
+    round_trip: share of rows whose pixels are the scene's VQ round trip (`vq_round_trip`: what
+    the judge sees when it scores the model's own samples) instead of the rendered scene.
+    patch_position: the patch targets name each cell's row and column too (`patch_words`)."""
+    if not 0.0 <= round_trip <= 1.0:
+        raise ValueError(f"round_trip must lie in [0, 1], got {round_trip}")
     scenes, answers = zip(
         *(
             question_scene(p, rng, distractor_p, colour_neg_p, labels=labels, negatives=negatives)
@@ -220,11 +230,17 @@ def und_batch(
         padding=True,
         return_tensors="pt",
     )
+    pixels = to_pixels(list(scenes))  # (B, 3, 32, 32)
+    if round_trip > 0:  # no draw otherwise: a round_trip=0 recipe keeps its data stream
+        decoded = torch.from_numpy(rng.random(len(scenes)) < round_trip)  # (B,) bool
+        rows = decoded.nonzero().flatten().tolist()
+        if rows:
+            pixels[decoded] = vq_round_trip(adapter.model, [scenes[i] for i in rows])
     return UndBatch(
         enc["input_ids"],
         enc["attention_mask"],
-        to_pixels(list(scenes)),
-        patch_words(adapter, list(scenes)),
+        pixels,
+        patch_words(adapter, list(scenes), position=patch_position),
         torch.tensor(answers),
         [p.tag for p in prompts],
     )
@@ -235,14 +251,30 @@ def _image_span(adapter: JanusAdapter) -> str:
     return tok.boi_token + tok.image_token * adapter.num_image_tokens + tok.eoi_token
 
 
-def patch_words(adapter: JanusAdapter, scenes: list[Scene]) -> torch.Tensor:
-    """(B, 16, 2) word ids of each cell's colour and shape, raster order; "no" twice if empty."""
+POSITION_WORDS = ("one", "two", "three", "four")
+"""The words that name a cell's row and column (1-based) in the position-aware patch targets."""
+
+
+def patch_words(adapter: JanusAdapter, scenes: list[Scene], position: bool = False) -> torch.Tensor:
+    """(B, 16, 2) word ids of each cell's colour and shape, raster order; "no" twice if empty.
+
+    position=True: (B, 16, 4), the cell's row and column words (POSITION_WORDS) after them, for
+    every cell: a relation question ("a triangle below a circle") needs each image token's
+    hidden state to carry where it is, and neither the colour/shape targets nor RoPE (which puts
+    position in the attention scores, not in the values read) ask for that."""
     vocab = adapter.tokenizer.get_vocab()
     no = vocab["no"]
-    out = torch.full((len(scenes), GRID * GRID, 2), no, dtype=torch.long)
+    out = torch.full((len(scenes), GRID * GRID, 4 if position else 2), no, dtype=torch.long)
+    if position:
+        if len(POSITION_WORDS) < GRID:
+            raise ValueError(f"position targets name {len(POSITION_WORDS)} rows, the grid has {GRID}")
+        cells = torch.arange(GRID * GRID)
+        words = torch.tensor([vocab[w] for w in POSITION_WORDS])
+        out[:, :, 2] = words[cells // GRID]
+        out[:, :, 3] = words[cells % GRID]
     for b, s in enumerate(scenes):
         for o in s.objects:
-            out[b, o.row * GRID + o.col] = torch.tensor([vocab[o.color], vocab[o.shape]])
+            out[b, o.row * GRID + o.col, :2] = torch.tensor([vocab[o.color], vocab[o.shape]])
     return out
 
 
@@ -259,7 +291,7 @@ def und_losses(adapter: JanusAdapter, batch: UndBatch) -> tuple[torch.Tensor, to
     logp = F.log_softmax(out.logits.float(), dim=-1)  # (B, L, V)
     img = batch.input_ids == model.config.image_token_id  # (B, L), 16 True per row, raster order
     patch_logp = logp[img].view(len(batch.labels), -1, logp.shape[-1])  # (B, 16, V)
-    patch = -patch_logp.gather(-1, batch.patch_targets).mean()  # two-hot: mean over (colour, shape)
+    patch = -patch_logp.gather(-1, batch.patch_targets).mean()  # multi-hot: mean over the target words
     last = logp[:, -1]  # (B, V) next-token distribution after "<|Assistant|>:"
     yes = last[:, adapter.yes_ids].logsumexp(-1)
     no = last[:, adapter.no_ids].logsumexp(-1)

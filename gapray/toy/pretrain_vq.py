@@ -50,6 +50,20 @@ def to_pixels(scenes: list[Scene]) -> torch.Tensor:
     return (arr / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
 
+@torch.no_grad()
+def vq_round_trip(model: JanusForConditionalGeneration, scenes: list[Scene]) -> torch.Tensor:
+    """Scenes -> (B, 3, 32, 32) pixels in [-1, 1] as the judge sees the model's own images: each
+    cell's code (`cell_codes`) through the VQ decoder, rounded to uint8 like `JanusAdapter.decode`,
+    then the processor's 0.5/0.5 scaling. Rendered and decoded pixels differ (the decoder's
+    reconstruction), and a judge trained on rendered pixels alone reads decoded ones worse
+    (docs/toy_recipe_notebook.md, R0)."""
+    vq = model.model.vqmodel
+    codes = cell_codes(scenes).to(vq.quantize.embedding.weight.device)
+    pix = model.decode_image_tokens(codes)  # (B, H, W, 3) in about [-1, 1]
+    arr = ((pix.float().clamp(-1, 1) + 1) * 127.5).round()
+    return (arr / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous().cpu()
+
+
 def _latents(model: JanusForConditionalGeneration, pixels: torch.Tensor) -> torch.Tensor:
     vq = model.model.vqmodel
     z = vq.quant_conv(vq.encoder(pixels))  # (B, E, 4, 4)

@@ -1,0 +1,93 @@
+"""The toy recipe's understanding batch options: VQ round-trip pixels, position-aware patch
+targets, and the recipe flags that choose them (gapray/toy/pretrain_lm.py, pretrain.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gapray.toy.pretrain import MODEL_CONFIG
+from gapray.toy.pretrain import main as pretrain_main
+from gapray.toy.pretrain_lm import POSITION_WORDS, patch_words, question_scene, und_batch
+from gapray.toy.pretrain_vq import cell_codes, to_pixels, vq_round_trip
+from gapray.toy.world import Scene, ToyObject, make_splits
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    from gapray.models.tiny import tiny_janus
+
+    return tiny_janus(seed=0, **MODEL_CONFIG)
+
+
+def test_patch_words_name_row_and_column_when_asked(adapter):
+    vocab = adapter.tokenizer.get_vocab()
+    scene = Scene((ToyObject("heart", "blue", 1, 2),))
+    plain = patch_words(adapter, [scene])
+    assert plain.shape == (1, 16, 2)
+    pos = patch_words(adapter, [scene], position=True)
+    assert pos.shape == (1, 16, 4)
+    assert pos[0, 6].tolist() == [vocab["blue"], vocab["heart"], vocab["two"], vocab["three"]]
+    assert pos[0, 0].tolist() == [vocab["no"], vocab["no"], vocab["one"], vocab["one"]]
+    assert pos[0, 15].tolist() == [vocab["no"], vocab["no"], vocab["four"], vocab["four"]]
+    assert pos[0, 11].tolist()[2:] == [vocab["three"], vocab["four"]]  # row 2, column 3
+    assert torch.equal(pos[..., :2], plain)
+    assert POSITION_WORDS == ("one", "two", "three", "four")
+
+
+def test_round_trip_pixels_are_what_the_judge_sees_on_decoded_tokens(adapter):
+    scenes = [
+        Scene((ToyObject("circle", "red", 0, 0), ToyObject("moon", "green", 3, 1))),
+        Scene(()),
+    ]
+    pix = vq_round_trip(adapter.model, scenes)  # (2, 3, 32, 32)
+    images = adapter.decode(cell_codes(scenes))  # the run's path: tokens -> PIL images
+    seen = adapter.processor(text=["<image_placeholder>"] * 2, images=images, return_tensors="pt")
+    torch.testing.assert_close(pix, seen["pixel_values"].float(), atol=1e-6, rtol=0)
+    assert not torch.allclose(pix, to_pixels(scenes))  # an untrained decoder is not the renderer
+
+
+def test_und_batch_round_trip_share(adapter):
+    prompts = make_splits(0)["train"][:12]
+
+    def batch(share, seed=3):
+        rng = np.random.default_rng(seed)
+        return und_batch(adapter, prompts, rng, 0.3, labels="exact", round_trip=share), rng
+
+    rendered, rng0 = batch(0.0)
+    # round_trip=0 draws nothing beyond the scenes: the data stream of the recipes before it.
+    ref = np.random.default_rng(3)
+    scenes = [question_scene(p, ref, 0.3, labels="exact")[0] for p in prompts]
+    assert rng0.bit_generator.state == ref.bit_generator.state
+    torch.testing.assert_close(rendered.pixel_values, to_pixels(scenes))
+    decoded, _ = batch(1.0)
+    torch.testing.assert_close(decoded.pixel_values, vq_round_trip(adapter.model, scenes))
+    assert torch.equal(decoded.labels, rendered.labels)
+    assert torch.equal(decoded.patch_targets, rendered.patch_targets)
+    half, _ = batch(0.5)
+    same = [torch.equal(half.pixel_values[i], rendered.pixel_values[i]) for i in range(len(prompts))]
+    assert 0 < sum(same) < len(prompts)  # some rows rendered, some decoded
+    with pytest.raises(ValueError, match="round_trip must lie in"):
+        batch(1.5)
+
+
+def test_und_batch_position_targets(adapter):
+    prompts = make_splits(0)["train"][:4]
+    b = und_batch(adapter, prompts, np.random.default_rng(0), 0.3, labels="exact", patch_position=True)
+    assert b.patch_targets.shape == (4, 16, 4)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--round-trip", "1.5"], "--round-trip must lie in"),
+        (["--judge-template", "<|User|>: {question}"], "must contain <image_placeholder>"),
+        (["--judge-template", "<image_placeholder> asks"], "must contain {question}"),
+    ],
+)
+def test_recipe_flags_refused_before_training(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        pretrain_main(["--out", str(tmp_path / "run"), *flags])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

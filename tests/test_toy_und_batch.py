@@ -9,7 +9,7 @@ import torch
 
 from gapray.toy.pretrain import MODEL_CONFIG
 from gapray.toy.pretrain import main as pretrain_main
-from gapray.toy.pretrain_lm import POSITION_WORDS, patch_words, question_scene, und_batch
+from gapray.toy.pretrain_lm import POSITION_WORDS, patch_words, question_scene, und_batch, und_losses
 from gapray.toy.pretrain_vq import cell_codes, to_pixels, vq_round_trip
 from gapray.toy.world import Scene, ToyObject, make_splits
 
@@ -72,10 +72,28 @@ def test_und_batch_round_trip_share(adapter):
         batch(1.5)
 
 
-def test_und_batch_position_targets(adapter):
+def test_und_batch_position_targets_add_their_own_mean(adapter):
     prompts = make_splits(0)["train"][:4]
     b = und_batch(adapter, prompts, np.random.default_rng(0), 0.3, labels="exact", patch_position=True)
     assert b.patch_targets.shape == (4, 16, 4)
+    plain = und_batch(adapter, prompts, np.random.default_rng(0), 0.3, labels="exact")
+    assert torch.equal(plain.patch_targets, b.patch_targets[..., :2])
+    with torch.no_grad():
+        p4, a4, y4 = und_losses(adapter, b)
+        p2, a2, y2 = und_losses(adapter, plain)
+        # The position words' own mean NLL, from the logits directly.
+        out = adapter.model(
+            input_ids=b.input_ids,
+            attention_mask=b.attention_mask,
+            position_ids=adapter._positions(b.attention_mask),
+            pixel_values=b.pixel_values,
+        )
+        logp = torch.log_softmax(out.logits.float(), -1)[b.input_ids == adapter.model.config.image_token_id]
+        pos = -logp.view(4, 16, -1).gather(-1, b.patch_targets[..., 2:]).mean()
+    # Colour/shape naming keeps its weight: the position term is added, not averaged in.
+    torch.testing.assert_close(p4, p2 + pos)
+    torch.testing.assert_close(a4, a2)
+    torch.testing.assert_close(y4, y2)
 
 
 @pytest.mark.parametrize(

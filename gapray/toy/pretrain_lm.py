@@ -6,7 +6,8 @@ and sums three losses, each through the same prompt formats the adapter uses at 
 
 - patch loss: at every image-placeholder position of the judge prompt the LM head must name
   the content of that cell, a two-hot target (colour word + shape word, or "no" for an empty
-  cell). This is what breaks the understanding plateau: a dense, first-order signal that ties
+  cell; with --patch-position also the cell's row and column words, a second mean added to the
+  first). This is what breaks the understanding plateau: a dense, first-order signal that ties
   each image token to words before any question-vs-image matching is needed.
 - answer loss: cross-entropy of "yes"/"no" at the last position of the judge prompt
   (`adapter.judge_template` + `adapter.question`), labelled by one of two rules (the recipe's
@@ -291,7 +292,9 @@ def und_losses(adapter: JanusAdapter, batch: UndBatch) -> tuple[torch.Tensor, to
     logp = F.log_softmax(out.logits.float(), dim=-1)  # (B, L, V)
     img = batch.input_ids == model.config.image_token_id  # (B, L), 16 True per row, raster order
     patch_logp = logp[img].view(len(batch.labels), -1, logp.shape[-1])  # (B, 16, V)
-    patch = -patch_logp.gather(-1, batch.patch_targets).mean()  # multi-hot: mean over the target words
+    hit = patch_logp.gather(-1, batch.patch_targets)  # (B, 16, 2 or 4)
+    # Two-hot (colour, shape); position targets add their own mean, so the naming keeps its weight.
+    patch = -hit[..., :2].mean() - (hit[..., 2:].mean() if hit.shape[-1] > 2 else 0.0)
     last = logp[:, -1]  # (B, V) next-token distribution after "<|Assistant|>:"
     yes = last[:, adapter.yes_ids].logsumexp(-1)
     no = last[:, adapter.no_ids].logsumexp(-1)

@@ -11,7 +11,10 @@ work. Two stages, each resumable:
    exact-scene rule, so clutter is "no", negatives the near-miss scene kinds weighted by
    --negatives; --labels geneval: GenEval's lenient verdict, the first toy world's recipe), and
    generation NLL with CFG dropout for the first `--gen-steps` steps at a low weight (the
-   defaults keep it on throughout: notebook X3 and W2).
+   defaults keep it on throughout: notebook X3 and W2). Half the questions (--round-trip) show
+   the scene's VQ round trip, the pixels the judge meets on the model's own samples, not the
+   rendered scene (notebook R0), and the patch targets name each cell's row and column too
+   (--patch-position; notebook R3).
 
 State (weights, optimizer, RNG, step) goes to `<out>/state.pt` every `--save-every` minutes
 (atomic), so a killed run continues where it stopped when started again with the same --out.
@@ -111,13 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--round-trip",
         type=float,
-        default=0.0,
+        default=0.5,
         help="share of understanding questions on the scene's VQ round trip (the pixels the judge "
         "sees on the model's own samples) instead of the rendered scene",
     )
     p.add_argument(
         "--patch-position",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="the per-patch targets name each cell's row and column as well as its colour and shape",
     )
     p.add_argument(

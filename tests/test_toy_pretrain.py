@@ -27,7 +27,7 @@ from gapray.toy.pretrain_vq import random_scenes
 @pytest.mark.slow
 def test_short_recipe_learns_and_resumes(tmp_path, capsys):
     torch.manual_seed(0)
-    args = ["--out", str(tmp_path), "--vq-steps", "20", "--lm-steps", "150", "--gen-steps", "150"]
+    args = ["--out", str(tmp_path), "--vq-steps", "20", "--lm-steps", "300", "--gen-steps", "300"]
     args += ["--log-every", "25", "--batch", "16"]
     assert main(args) == 0
     log = capsys.readouterr().out
@@ -40,7 +40,7 @@ def test_short_recipe_learns_and_resumes(tmp_path, capsys):
     assert {"cfg_scale", "temperature"} <= settings.keys()
     adapter = JanusAdapter.from_pretrained(ckpt)
     acc = patch_accuracy(adapter, random_scenes(np.random.default_rng(7), 32, 6))
-    assert acc > 0.2, acc  # chance (top-2 of ~60 words = the cell's colour and shape) is < 0.01
+    assert acc > 0.2, acc  # chance (the top colour and the top shape word both right) is ~0.02
 
     # A rerun with the same --out finds the finished state and only rewrites the checkpoint.
     assert main(args) == 0

@@ -59,9 +59,7 @@ class UndBatch:
     input_ids: torch.Tensor  # (B, L) left-padded, 16 image placeholders per row
     attention_mask: torch.Tensor  # (B, L)
     pixel_values: torch.Tensor  # (B, 3, 32, 32)
-    patch_targets: (
-        torch.Tensor
-    )  # (B, 16, 2) word ids (colour, shape), ("no", "no") if empty; + (row, col) when 4
+    patch_targets: torch.Tensor  # (B, 16, 2 or 4) word ids: colour, shape [, row, column]
     labels: torch.Tensor  # (B,) bool: does the scene satisfy the asked prompt (exact or GenEval rule)
     tags: list[str]
 
@@ -233,10 +231,9 @@ def und_batch(
     )
     pixels = to_pixels(list(scenes))  # (B, 3, 32, 32)
     if round_trip > 0:  # no draw otherwise: a round_trip=0 recipe keeps its data stream
-        decoded = torch.from_numpy(rng.random(len(scenes)) < round_trip)  # (B,) bool
-        rows = decoded.nonzero().flatten().tolist()
-        if rows:
-            pixels[decoded] = vq_round_trip(adapter.model, [scenes[i] for i in rows])
+        rows = np.flatnonzero(rng.random(len(scenes)) < round_trip)
+        if rows.size:
+            pixels[rows] = vq_round_trip(adapter, [scenes[i] for i in rows])
     return UndBatch(
         enc["input_ids"],
         enc["attention_mask"],
@@ -254,6 +251,7 @@ def _image_span(adapter: JanusAdapter) -> str:
 
 POSITION_WORDS = ("one", "two", "three", "four")
 """The words that name a cell's row and column (1-based) in the position-aware patch targets."""
+assert len(POSITION_WORDS) >= GRID, "a position word for every row and column of the grid"
 
 
 def patch_words(adapter: JanusAdapter, scenes: list[Scene], position: bool = False) -> torch.Tensor:
@@ -267,8 +265,6 @@ def patch_words(adapter: JanusAdapter, scenes: list[Scene], position: bool = Fal
     no = vocab["no"]
     out = torch.full((len(scenes), GRID * GRID, 4 if position else 2), no, dtype=torch.long)
     if position:
-        if len(POSITION_WORDS) < GRID:
-            raise ValueError(f"position targets name {len(POSITION_WORDS)} rows, the grid has {GRID}")
         cells = torch.arange(GRID * GRID)
         words = torch.tensor([vocab[w] for w in POSITION_WORDS])
         out[:, :, 2] = words[cells // GRID]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import JanusForConditionalGeneration
 
+from gapray.models.janus import JanusAdapter
 from gapray.toy.render import render_batch
 from gapray.toy.world import CELL, COLORS, GRID, SHAPES, Scene, ToyObject
 
@@ -46,22 +47,24 @@ def random_scenes(rng: np.random.Generator, n: int, max_objects: int = 8) -> lis
 
 def to_pixels(scenes: list[Scene]) -> torch.Tensor:
     """Scenes -> (B, 3, 32, 32) float pixels in [-1, 1] (the processor's mean/std 0.5 scaling)."""
-    arr = torch.from_numpy(render_batch(scenes)).float()  # (B, 32, 32, 3) uint8 values
+    return _scaled(render_batch(scenes))
+
+
+def _scaled(images: np.ndarray) -> torch.Tensor:
+    """(B, 32, 32, 3) uint8 -> (B, 3, 32, 32) float in [-1, 1], the processor's 0.5/0.5 scaling."""
+    arr = torch.from_numpy(np.ascontiguousarray(images)).float()
     return (arr / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
 
 @torch.no_grad()
-def vq_round_trip(model: JanusForConditionalGeneration, scenes: list[Scene]) -> torch.Tensor:
+def vq_round_trip(adapter: JanusAdapter, scenes: list[Scene]) -> torch.Tensor:
     """Scenes -> (B, 3, 32, 32) pixels in [-1, 1] as the judge sees the model's own images: each
-    cell's code (`cell_codes`) through the VQ decoder, rounded to uint8 like `JanusAdapter.decode`,
-    then the processor's 0.5/0.5 scaling. Rendered and decoded pixels differ (the decoder's
-    reconstruction), and a judge trained on rendered pixels alone reads decoded ones worse
+    cell's code (`cell_codes`) through `adapter.decode` (the VQ decoder, rounded to uint8), then
+    the processor's scaling. Rendered and decoded pixels differ (the decoder's reconstruction),
+    and a judge trained on rendered pixels alone reads decoded ones worse
     (docs/toy_recipe_notebook.md, R0)."""
-    vq = model.model.vqmodel
-    codes = cell_codes(scenes).to(vq.quantize.embedding.weight.device)
-    pix = model.decode_image_tokens(codes)  # (B, H, W, 3) in about [-1, 1]
-    arr = ((pix.float().clamp(-1, 1) + 1) * 127.5).round()
-    return (arr / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous().cpu()
+    images = adapter.decode(cell_codes(scenes))
+    return _scaled(np.stack([np.asarray(im) for im in images]))
 
 
 def _latents(model: JanusForConditionalGeneration, pixels: torch.Tensor) -> torch.Tensor:

@@ -33,5 +33,13 @@ def test_one_step_tiny_bench_times_every_stage_of_both_loops(tmp_path, capsys):
     assert res["pooled"]["sync_detail"]["receiver_peak_extra_mb"] is not None
     assert set(res["speedup"]) >= {f"time_{s}" for s in STAGES}
     assert res["machine"]["cpu_count"] >= 1
+    # Both loops' median sync beside the means, and who ran at which priority.
+    for name in ("pooled", "sequential"):
+        thr = res[name]["throughput"]
+        assert thr["sync_ms_median"] == pytest.approx(thr["sync_ms"])  # one sync: its own figure
+    assert isinstance(res["machine"]["niceness"], int)
+    assert set(res["pooled"]["worker_niceness"]) == {"generation", "reward", "learner"}
+    assert all(-20 <= v <= 19 for v in res["pooled"]["worker_niceness"].values())
     table = capsys.readouterr().out
     assert "| whole step |" in table and "images generated / s" in table and "sync MB / s" in table
+    assert "sync MB / s, median sync" in table and "Scheduling priority (nice)" in table

@@ -137,6 +137,37 @@ def test_the_exporter_reuses_its_kept_copies_and_a_frozen_tensor_never_travels()
     assert _export(ex, learner.model)[0].names == []  # the kept copy is what the next compares
 
 
+def test_a_cpu_parameter_travels_from_its_own_memory_and_is_kept_only_after_its_bucket():
+    learner = tiny_janus(seed=0)
+    learner.set_trainable("llm")
+    params = dict(learner.model.named_parameters())
+    ex = WeightExporter()
+    _export(ex, learner.model)
+    with torch.no_grad():
+        params[NORM].add_(1.0)
+    stream = ex.export(learner.model, 0.05)
+    manifest, bucket = next(stream), next(stream)
+    assert manifest.names == [NORM]
+    sent = bucket.tensors()[NORM]
+    assert sent.data_ptr() == params[NORM].data_ptr()  # no copy before the put
+    assert not torch.equal(ex.sent[NORM], params[NORM])  # not kept yet: the bucket is still out
+    stream.close()  # a consumer that stops here: nothing recorded as sent, so it travels again
+    again, [bucket] = _export(ex, learner.model)
+    assert again.names == [NORM] and torch.equal(bucket[NORM], params[NORM])
+    assert torch.equal(ex.sent[NORM], params[NORM])  # kept once the bucket was out
+    assert _export(ex, learner.model)[0].names == []
+
+
+def test_a_parameter_whose_memory_cannot_travel_goes_through_the_kept_copy():
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.arange(12.0).reshape(4, 3).t())  # not contiguous
+    ex = WeightExporter()
+    manifest, bucket = ex.export(model, 1.0)
+    got = bucket.tensors()["w"]
+    assert manifest.names == ["w"] and torch.equal(got, model.w.detach())
+    assert got.data_ptr() == ex.sent["w"].data_ptr()  # the kept copy's bytes, made before the yield
+
+
 def test_copy_into_copies_bytes_exactly_or_falls_back_to_torch():
     src = torch.tensor([1.0, float("nan"), -0.0])
     dst = torch.zeros(3)

@@ -174,6 +174,7 @@ def run_both(cfg: Config, steps: int, warmup: int) -> dict[str, dict]:
             roles = build_roles(cfg)
             pooled_ctl = Controller(cfg, RunDir(f"{tmp}/pooled"), roles)
             pooled = Timed(pooled_ctl, pooled_ctl.run, time.perf_counter() - t0)
+            niceness = worker_niceness(roles) if where == "local" else None
             for step in range(1, warmup + steps + 1):
                 print(f"gapray bench loop: step {step}/{warmup + steps}", file=sys.stderr)
                 for loop in (seq, pooled) if step % 2 else (pooled, seq):
@@ -184,7 +185,18 @@ def run_both(cfg: Config, steps: int, warmup: int) -> dict[str, dict]:
             if where == "local":
                 ray.shutdown()
             torch.set_num_threads(threads)  # the in-process workers set this process's threads
-    return {"pooled": {**pooled.result(), "ray": where}, "sequential": seq.result()}
+    return {
+        "pooled": {**pooled.result(), "ray": where, "worker_niceness": niceness},
+        "sequential": seq.result(),
+    }
+
+
+def worker_niceness(roles) -> dict[str, int]:
+    """Each pooled role's scheduling priority (nice value) on this machine: Ray starts its
+    workers at nice 15, while the sequential loop runs in this process; on a machine shared
+    with other work the two then do not get the CPU alike, so the report says both."""
+    pools = {"generation": roles.generation, "reward": roles.reward, "learner": roles.learner}
+    return {name: os.getpriority(os.PRIO_PROCESS, pool.placement[0]["pid"]) for name, pool in pools.items()}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -195,6 +207,9 @@ def summarize(rows: list[dict]) -> dict:
     synced = [r for r in rows if "sync_ms" in r]
     sync_s = sum(r["sync_ms"] for r in synced) / 1000
     sync_mb = sum(r["sync_mb"] for r in synced)
+    # Per sync, for the medians: one disturbed sync (another process took the core) moves a
+    # mean over a few syncs of a few ms each by tens of percent, either loop's.
+    sync_rates = [r["sync_mb"] / max(r["sync_ms"] / 1000, 1e-12) for r in synced]
     return {
         "seconds_per_step": {s: total[s] / len(rows) for s in STAGES},
         # The fastest measured step per stage: on a machine shared with other work, the least
@@ -207,6 +222,8 @@ def summarize(rows: list[dict]) -> dict:
             "sync_ms": 1000 * sync_s / len(synced) if synced else None,
             "sync_mb": sync_mb / len(synced) if synced else None,
             "sync_mb_per_s": _rate(sync_mb, sync_s) if synced else None,
+            "sync_ms_median": float(np.median([r["sync_ms"] for r in synced])) if synced else None,
+            "sync_mb_per_s_median": float(np.median(sync_rates)) if synced else None,
             "images_per_s_end_to_end": _rate(images, total["step"]),
         },
         "images": images,
@@ -267,6 +284,8 @@ def machine() -> dict:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads_default": torch.get_num_threads(),
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        # this process: the sequential loop and the pooled driver
+        "niceness": os.getpriority(os.PRIO_PROCESS, 0),
         "accelerator": torch.cuda.get_device_name(0) if cuda else "none (CPU)",
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -282,7 +301,7 @@ def ratios(pooled: dict, seq: dict) -> dict:
     out |= {f"best_time_{s}": _div(seq["best_seconds"][s], pooled["best_seconds"][s]) for s in STAGES}
     for k, v in pooled["throughput"].items():
         s = seq["throughput"][k]
-        if k == "sync_ms":
+        if k in ("sync_ms", "sync_ms_median"):
             out[k] = _div(s, v)
         elif k != "sync_mb":
             out[k] = _div(v, s)
@@ -299,6 +318,8 @@ def markdown(res: dict) -> str:
         f"{mc['accelerator']}, load average {mc['load_average_1m']} at start, {mc.get('load_average_1m_end')} at end; torch threads per stage "
         f"(both loops): generate {thr['generation']}, reward {thr['reward']}, learn {thr['learner']}; "
         f"python {mc['python']}, torch {mc['torch']}, ray {mc['ray']}, transformers {mc['transformers']}.",
+        f"Scheduling priority (nice): this process (the sequential loop, the pooled driver) "
+        f"{mc.get('niceness')}, pooled workers {_nice(p.get('worker_niceness'))}.",
         f"Batch per step: {res['prompts_per_step']} prompts x {res['images_per_prompt']} images "
         f"= {p['images'] // res['steps']} images; pairs per step {p['pairs'] / res['steps']:g} (pooled), "
         f"{s['pairs'] / res['steps']:g} (sequential); same images in both loops: "
@@ -328,6 +349,8 @@ def markdown(res: dict) -> str:
         "sync_ms": "sync ms (pooled: object store; sequential: in-memory copy)",
         "sync_mb": "MB per sync",
         "sync_mb_per_s": "sync MB / s",
+        "sync_ms_median": "sync ms, median sync",
+        "sync_mb_per_s_median": "sync MB / s, median sync",
         "images_per_s_end_to_end": "images / s, whole step",
     }
     for k, label in labels.items():
@@ -488,6 +511,12 @@ def _f(v: float | None) -> str:
     if v is None:
         return "n/a"
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def _nice(by_role: dict[str, int] | None) -> str:
+    if not by_role:
+        return "n/a (not a local Ray)"
+    return ", ".join(f"{role} {v}" for role, v in by_role.items())
 
 
 def _x(v: float | None) -> str:

@@ -38,6 +38,12 @@ def _local(p: torch.Tensor) -> torch.Tensor:
     return p.to_local().detach() if _is_dtensor(p) else p.detach()
 
 
+def _own_bytes_travel(p: torch.Tensor) -> bool:
+    """Whether a bucket can carry this parameter's own memory (a contiguous CPU tensor: Ray's
+    put reads it directly) rather than a copy made first."""
+    return p.device.type == "cpu" and p.is_contiguous()
+
+
 def _agree(flags: list[bool], device: torch.device) -> list[bool]:
     """Element-wise OR of `flags` over the learner's ranks (one all_reduce), so every rank
     gathers the same tensors in the same order; unchanged where torch.distributed is not up."""
@@ -138,7 +144,10 @@ class WeightExporter:
         params: dict[str, torch.Tensor] | None = None,
     ) -> Iterator[SyncManifest | WireBucket]:
         """Yield the manifest (before anything is gathered), then each bucket (a WireBucket) as
-        soon as it is gathered.
+        soon as it is gathered. A CPU parameter's bytes travel straight from the parameter (no
+        copy before the put); what was sent is copied into the kept copies after each bucket's
+        yield, while the receivers apply it. A consumer in process must use a bucket before
+        the parameters change.
         Every rank of a sharded learner must run this to the end in step (each DTensor's
         full_tensor() is a collective); only the rank with `emit` yields anything."""
         manifest, groups = self.plan(model, bucket_mb, full, params)
@@ -146,20 +155,29 @@ class WeightExporter:
             yield manifest
         for group, specs in zip(groups, manifest.buckets, strict=True):
             arrays = []
+            later: list[tuple[str, torch.Tensor]] = []  # kept after the bucket is out
             for name, p in group:
                 if _is_dtensor(p):
                     value = (
                         p.full_tensor().detach().to("cpu").contiguous()
                     )  # collective: every rank, same order
-                    self._keep(name, _local(p))
-                else:
-                    # One copy serves both: the value sent (Ray's put copies it out) and what
-                    # the next export compares against; kept in place, no new buffer a push.
+                    later.append((name, _local(p)))
+                elif _own_bytes_travel(p):
+                    # Its own bytes go out (Ray's put copies them into the object store); the
+                    # kept copy is refreshed after the yield, off the push's critical path.
+                    value = p.detach()
+                    later.append((name, value))
+                else:  # e.g. on a GPU: the kept CPU copy, made now, is what travels
                     value = self._keep(name, p.detach())
                 if emit:
                     arrays.append(as_bytes_array(value))
             if emit:
                 yield WireBucket(specs, arrays)
+            # The parameters did not change since the compare (the learner runs nothing else
+            # in between), so the kept copies still record exactly what this bucket sent. A
+            # consumer that stops here leaves them stale: the next export sends them again.
+            for name, value in later:
+                self._keep(name, value)
 
     def _keep(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """Copy `value` into the kept CPU copy of `name` (made once, reused while its shape and

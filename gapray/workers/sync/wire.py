@@ -80,7 +80,8 @@ class WireBucket:
     out of band: the sender's put is the one copy on the way out (no gathered intermediate
     buffer), and the receiver's `tensors()` are read-only views of the store's buffer, so a
     bucket costs the receiver one copy: into its own parameters. In process (no Ray) the
-    arrays are views of the exporter's kept copies, valid until its next export."""
+    arrays are views of the learner's CPU parameters (of the exporter's kept copies for a
+    parameter elsewhere, of a gathered tensor for a sharded one): valid until they change."""
 
     specs: tuple[TensorSpec, ...]
     data: list  # numpy uint8 arrays, one per spec

@@ -1,5 +1,6 @@
-"""The toy recipe's understanding batch options: VQ round-trip pixels, position-aware patch
-targets, and the recipe flags that choose them (gapray/toy/pretrain_lm.py, pretrain.py)."""
+"""The toy recipe's batch options: VQ round-trip pixels and position-aware patch targets for
+understanding, colour captions mixed into generation, and the recipe flags that choose them
+(gapray/toy/pretrain_lm.py, pretrain.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import torch
 
 from gapray.toy.pretrain import MODEL_CONFIG
 from gapray.toy.pretrain import main as pretrain_main
-from gapray.toy.pretrain_lm import patch_words, question_scene, und_batch, und_losses
+from gapray.toy.pretrain_lm import (
+    by_tag,
+    draw_prompts,
+    gen_prompts,
+    patch_words,
+    question_scene,
+    und_batch,
+    und_losses,
+)
 from gapray.toy.pretrain_vq import cell_codes, to_pixels, vq_round_trip
 from gapray.toy.world import Scene, ToyObject, make_splits
 
@@ -99,6 +108,7 @@ def test_und_batch_position_targets_add_their_own_mean(adapter):
     "flags, message",
     [
         (["--round-trip", "1.5"], "--round-trip must lie in"),
+        (["--gen-captions", "-0.1"], "--gen-captions must lie in"),
         (["--judge-template", "<|User|>: {question}"], "must contain <image_placeholder>"),
         (["--judge-template", "<image_placeholder> asks"], "must contain {question}"),
     ],
@@ -108,3 +118,21 @@ def test_recipe_flags_refused_before_training(tmp_path, capsys, flags, message):
         pretrain_main(["--out", str(tmp_path / "run"), *flags])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_gen_prompts_mix_captions_in_and_leave_the_old_stream_alone():
+    pool = by_tag(make_splits(0)["train"])
+    train_texts = {p.text for ps in pool.values() for p in ps}
+    # Share 0: exactly draw_prompts' draws, and the generator left where draw_prompts leaves it.
+    a, b = np.random.default_rng(4), np.random.default_rng(4)
+    assert gen_prompts(pool, a, 32, 0.0) == draw_prompts(pool, b, 32, {})
+    assert a.random() == b.random()
+    # Share 1: captions only; share 0.5: both kinds, about half each over many rows.
+    only = gen_prompts(pool, np.random.default_rng(5), 16, 1.0)
+    assert all(p.id == "caption" and p.text not in train_texts for p in only)
+    mixed = [p for _ in range(20) for p in gen_prompts(pool, np.random.default_rng(_), 32, 0.5)]
+    n_cap = sum(p.id == "caption" for p in mixed)
+    assert len(mixed) == 640 and 0.4 < n_cap / 640 < 0.6
+    assert all(p.text in train_texts for p in mixed if p.id != "caption")
+    with pytest.raises(ValueError, match="caption_share must lie in"):
+        gen_prompts(pool, np.random.default_rng(0), 4, 1.5)

@@ -30,6 +30,7 @@ from gapray.toy.world import (
     Scene,
     ToyObject,
     all_prompts,
+    colour_caption,
     held_apart,
     make_splits,
     near_miss,
@@ -183,6 +184,35 @@ def test_held_apart_compositions_never_in_train():
         by_text[f"a photo of {_article(pair[0])} {pair[0]} and {_article(pair[1])} {pair[1]}"]
     )
     assert not held_apart(0).holds(by_text[f"a photo of two {PLURALS[shape]}"])
+
+
+def test_colour_captions_hold_no_held_apart_composition_and_no_split_text():
+    for seed in (0, 1):
+        apart = held_apart(seed)
+        texts = {p.text for split in make_splits(seed).values() for p in split}
+        rng = np.random.default_rng(3)
+        captions = [colour_caption(rng, seed) for _ in range(300)]
+        for c in captions:
+            shapes = [o.cls for o in c.include]
+            colours = [o.color for o in c.include]
+            assert len(shapes) in (3, 4) and len(set(shapes)) == len(shapes) == len(set(colours))
+            assert c.text == "a photo of " + " and ".join(
+                f"{_article(col)} {col} {shape}" for shape, col in zip(shapes, colours, strict=True)
+            )
+            assert not apart.holds(c) and c.text not in texts and c.id == "caption"
+            assert all(o.count == 1 for o in c.include) and c.exclude == ()
+        assert {len(c.include) for c in captions} == {3, 4}
+        assert len({c.text for c in captions}) > 250  # many distinct texts, not a few repeated
+        # Every shape and every colour the held-apart rule leaves free shows up.
+        assert {o.cls for c in captions for o in c.include} == set(SHAPES)
+        assert {o.color for c in captions for o in c.include} == set(COLORS)
+    a, b = np.random.default_rng(9), np.random.default_rng(9)
+    assert [colour_caption(a).text for _ in range(5)] == [colour_caption(b).text for _ in range(5)]
+    # A caption's scene has exactly its objects, each asked colour on its shape.
+    scene = sample_scene(captions[0], np.random.default_rng(0))
+    assert sorted((o.shape, o.color) for o in scene.objects) == sorted(
+        (o.cls, o.color) for o in captions[0].include
+    )
 
 
 def _article(word: str) -> str:

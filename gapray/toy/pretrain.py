@@ -45,6 +45,7 @@ from gapray.toy.pretrain_lm import (
     draw_prompts,
     gen_batch,
     gen_nll,
+    gen_prompts,
     parse_weights,
     quick_understanding,
     und_batch,
@@ -79,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-steps", type=int, default=10000, help="LM stage steps")
     p.add_argument(
         "--gen-steps", type=int, default=10000, help="LM steps (from the start) with the generation loss"
+    )
+    p.add_argument(
+        "--gen-captions",
+        type=float,
+        default=0.0,
+        help="share of generation rows that are random 3-4 object colour captions (no held-apart "
+        "composition, no text of any split) instead of train prompts",
     )
     p.add_argument("--gen-weight", type=float, default=0.5, help="weight of the generation NLL")
     p.add_argument("--patch-weight", type=float, default=1.0, help="weight of the per-patch naming loss")
@@ -177,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         negatives = parse_weights(args.negatives, NEAR_MISS_KINDS, "--negatives")
     except ValueError as err:
         parser.error(str(err))
+    if not 0.0 <= args.gen_captions <= 1.0:
+        parser.error(f"--gen-captions must lie in [0, 1], got {args.gen_captions}")
     if not 0.0 <= args.round_trip <= 1.0:
         parser.error(f"--round-trip must lie in [0, 1], got {args.round_trip}")
     if args.judge_template is not None:
@@ -290,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
             patch, answer, p_yes = und_losses(adapter, ub.to(device))  # p_yes: (B,)
             loss = args.patch_weight * patch + answer
             if s < args.gen_steps:
-                texts, tokens = gen_batch(draw_prompts(pool, rng, args.batch, {}), rng)
+                texts, tokens = gen_batch(
+                    gen_prompts(pool, rng, args.batch, args.gen_captions, SPLIT_SEED), rng
+                )
                 drop = torch.from_numpy(rng.random(len(texts)) < args.cfg_dropout)
                 gen = gen_nll(adapter, texts, tokens.to(device), drop.to(device))
                 loss = loss + args.gen_weight * gen

@@ -43,6 +43,7 @@ from gapray.toy.world import (
     SHAPES,
     Scene,
     ToyObject,
+    colour_caption,
     make_splits,
     near_miss,
     near_miss_kinds,
@@ -85,6 +86,21 @@ def draw_prompts(
     w = np.array([tag_weights.get(t, 1.0) for t in tags], dtype=float)
     picks = rng.choice(len(tags), size=n, p=w / w.sum())
     return [pool[tags[k]][rng.integers(len(pool[tags[k]]))] for k in picks]
+
+
+def gen_prompts(
+    pool: dict[str, list[Prompt]], rng: np.random.Generator, n: int, caption_share: float, seed: int = 0
+) -> list[Prompt]:
+    """n generation prompts: train prompts drawn uniformly over tags (`draw_prompts`), of which a
+    binomial(n, caption_share) number are colour captions instead (`colour_caption`, no held-apart
+    composition of split seed `seed`). caption_share 0 draws exactly what `draw_prompts` draws
+    (the generator's stream unchanged, so older recipes replay as they were)."""
+    if not 0.0 <= caption_share <= 1.0:
+        raise ValueError(f"caption_share must lie in [0, 1], got {caption_share}")
+    if caption_share == 0.0:
+        return draw_prompts(pool, rng, n, {})
+    k = int(rng.binomial(n, caption_share))
+    return draw_prompts(pool, rng, n - k, {}) + [colour_caption(rng, seed) for _ in range(k)]
 
 
 def add_distractors(scene: Scene, rng: np.random.Generator, k: int) -> Scene:

@@ -248,6 +248,34 @@ def make_splits(seed: int = 0) -> dict[str, list[Prompt]]:
     return {split: list(prompts) for split, prompts in _splits(seed).items()}
 
 
+CAPTION_OBJECTS = (3, 4)
+"""Objects in a generation caption (`colour_caption`): more than any GenEval prompt of the toy world
+has, so no caption text is a prompt of any split."""
+
+
+def colour_caption(rng: np.random.Generator, seed: int = 0) -> Prompt:
+    """A generation caption beyond GenEval's templates: 3 or 4 objects of distinct shapes and distinct
+    colours in the colour-attribution form ("a photo of a red circle and a blue moon and a green
+    ring"), tag color_attr, id "caption". It holds no composition that `held_apart(seed)` keeps out
+    of training (no held-apart (shape, colour) and no held-apart shape pair), and with its 3-4
+    objects no text of any split. Pure given the generator.
+
+    Why: a pretraining generator that only sees the train split's prompts learns each text by
+    heart (train colors prompts pass, unseen ones draw the shape in a colour it was trained with,
+    docs/toy_recipe_notebook.md P1); many distinct captions make it bind each colour word to its
+    shape word instead.
+    """
+    apart = held_apart(seed)
+    for _ in range(1000):
+        k = int(rng.choice(CAPTION_OBJECTS))
+        shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), size=k, replace=False)]
+        colours = [COLORS[i] for i in rng.choice(len(COLORS), size=k, replace=False)]
+        prompt = _make("color_attr", [(s, c, 1) for s, c in zip(shapes, colours, strict=True)], id="caption")
+        if not apart.holds(prompt):
+            return prompt
+    raise RuntimeError(f"no caption without a held-apart composition in 1000 draws (seed {seed})")
+
+
 # --- scenes -----------------------------------------------------------------------------------
 
 

@@ -130,7 +130,7 @@ def test_gen_prompts_mix_captions_in_and_leave_the_old_stream_alone():
     # Share 1: captions only; share 0.5: both kinds, about half each over many rows.
     only = gen_prompts(pool, np.random.default_rng(5), 16, 1.0)
     assert all(p.id == "caption" and p.text not in train_texts for p in only)
-    mixed = [p for _ in range(20) for p in gen_prompts(pool, np.random.default_rng(_), 32, 0.5)]
+    mixed = [p for seed in range(20) for p in gen_prompts(pool, np.random.default_rng(seed), 32, 0.5)]
     n_cap = sum(p.id == "caption" for p in mixed)
     assert len(mixed) == 640 and 0.4 < n_cap / 640 < 0.6
     assert all(p.text in train_texts for p in mixed if p.id != "caption")

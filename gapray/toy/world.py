@@ -186,6 +186,7 @@ class HeldApart:
         )
 
 
+@lru_cache(maxsize=8)
 def held_apart(seed: int = 0) -> HeldApart:
     """The seed's held-apart compositions: one colour for each shape (each colour at most twice)
     and four disjoint shape pairs, drawn from a generator of `seed`."""

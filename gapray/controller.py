@@ -48,7 +48,7 @@ from gapray.types import Prompt
 from gapray.workers.generation import Rollouts
 from gapray.workers.pool import WorkerError
 from gapray.workers.reward import Scores
-from gapray.workers.sync import WeightSync
+from gapray.workers.sync import make_sync
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,10 @@ class Controller:
         )
         judges = getattr(roles, "judges", None)  # eval=judge: the external judges' pools
         self.eval_stage = EvalStage(cfg, roles.generation, eval_prompts, judges=judges)
-        self.sync = WeightSync(cfg.sync.bucket_mb)
+        self.sync = make_sync(cfg.sync)
+        closers = getattr(roles, "closers", None)
+        if closers is not None:  # the compiled graph is torn down before the actors go
+            closers.append(self.sync.close)
         self.sync_targets = [roles.generation] + ([roles.reward] if cfg.reward.follow_policy else [])
         self.evals: dict[int, dict] = {}
         if verify is None:

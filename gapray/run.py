@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gapray.config import Config, ConfigError, from_run_dir, load_config
@@ -29,6 +29,7 @@ class Roles:
     learner: object  # LearnerGroup
     groups: list  # placement groups
     judges: object = None  # eval=judge: the external judges (gapray.eval.judges.JudgePanel)
+    closers: list = field(default_factory=list)  # run first at shutdown (a compiled graph's teardown)
 
     def placement(self) -> dict[str, list[dict]]:
         """role -> per actor: the Ray node, IP and pid it runs on (the run's placement.json)."""
@@ -46,11 +47,20 @@ class Roles:
         import ray
         from ray.util.placement_group import remove_placement_group
 
+        errors = []
+        for close in self.closers:
+            try:
+                close()
+            except Exception as err:  # the actors still go; the error is raised after
+                errors.append(err)
+        self.closers = []
         judges = self.judges.actors() if self.judges is not None else []
         for actor in [*self.generation.actors, *self.reward.actors, *self.learner.actors, *judges]:
             ray.kill(actor)
         for pg in self.groups:
             remove_placement_group(pg)
+        if errors:
+            raise errors[0]
 
 
 def _threads(cfg: Config, cpus: float) -> int:

@@ -1,14 +1,17 @@
 """Streamed weight sync: only changed tensors travel, bucket by bucket, one bucket of extra
-memory on the receiver, a ledger that brings a late worker to the pushed version, and the
-export from an FSDP2-sharded learner (2 gloo ranks on CPU).
+memory on the receiver, a ledger that brings a late worker to the pushed version, the
+export from an FSDP2-sharded learner (2 gloo ranks on CPU), and the same push through a Ray
+Compiled Graph (sync.transport=compiled_graph).
 
     pytest tests/test_sync_stream.py -q
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -348,12 +351,31 @@ def _wait_dead(ray, actor, timeout_s: float = 60.0) -> None:
     raise AssertionError(f"the killed actor still answers after {timeout_s} s")
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_deltas_through_ray_and_a_replaced_worker_replays_to_the_pushed_version():
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for this file's Ray tests (its start and stop cost seconds each)."""
     ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_roles(local_ray):
+    """The tiny run's roles (a learner, a generation and a reward worker), shared by this file's
+    Ray tests: starting them is most of each test's time."""
     from gapray.config import load_config
     from gapray.run import build_roles
+
+    roles = build_roles(load_config(TINY_RUN))
+    yield roles
+    roles.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_deltas_through_ray_and_a_replaced_worker_replays_to_the_pushed_version(local_ray, tiny_roles):
+    ray, roles = local_ray, tiny_roles
     from gapray.workers.sync import WeightSync
 
     # Run on the actors (local functions: pickled by value, the workers cannot import tests).
@@ -367,32 +389,24 @@ def test_deltas_through_ray_and_a_replaced_worker_replays_to_the_pushed_version(
         with torch.no_grad():
             dict(self.policy.model.named_parameters())[name].add_(0.5)
 
-    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
-    try:
-        roles = build_roles(load_config(TINY_RUN))
-        try:
-            sync, pool, learner = WeightSync(0.05), roles.generation, roles.learner.actors[0]
-            first = sync.push(roles.learner, [pool])
-            assert first.tensors == first.trainable > 0 and first.buckets > 1
-            assert first.peak_extra_bytes is not None and first.nodes == 1
-            second = sync.push(roles.learner, [pool])  # nothing trained: nothing sent
-            assert (second.version, second.tensors, second.bytes, second.buckets) == (2, 0, 0, 0)
-            ray.get(learner.__ray_call__.remote(_nudge, NORM))
-            third = sync.push(roles.learner, [pool])
-            assert third.tensors == 1 and pool.versions() == [3]
-            want = ray.get(learner.__ray_call__.remote(_trainable))
-            dead = pool.actors[0]
-            ray.kill(dead)
-            _wait_dead(ray, dead)  # ray.kill is asynchronous: the actor may still answer once
-            pool.heal()  # a fresh worker: replays the ledger (push 1 whole, then push 3)
-            assert pool.versions() == [3] and [len(refs) for _, refs in pool.current[1]] == [first.buckets, 1]
-            held = ray.get(pool.actors[0].__ray_call__.remote(_weights))
-            assert all(torch.equal(held[n], t) for n, t in want.items())
-            assert not torch.equal(want[NORM], tiny_janus(seed=0).model.state_dict()[NORM])
-        finally:
-            roles.shutdown()
-    finally:
-        ray.shutdown()
+    sync, pool, learner = WeightSync(0.05), roles.generation, roles.learner.actors[0]
+    first = sync.push(roles.learner, [pool])
+    assert first.tensors == first.trainable > 0 and first.buckets > 1
+    assert first.peak_extra_bytes is not None and first.nodes == 1
+    second = sync.push(roles.learner, [pool])  # nothing trained: nothing sent
+    assert (second.version, second.tensors, second.bytes, second.buckets) == (2, 0, 0, 0)
+    ray.get(learner.__ray_call__.remote(_nudge, NORM))
+    third = sync.push(roles.learner, [pool])
+    assert third.tensors == 1 and pool.versions() == [3]
+    want = ray.get(learner.__ray_call__.remote(_trainable))
+    dead = pool.actors[0]
+    ray.kill(dead)
+    _wait_dead(ray, dead)  # ray.kill is asynchronous: the actor may still answer once
+    pool.heal()  # a fresh worker: replays the ledger (push 1 whole, then push 3)
+    assert pool.versions() == [3] and [len(refs) for _, refs in pool.current[1]] == [first.buckets, 1]
+    held = ray.get(pool.actors[0].__ray_call__.remote(_weights))
+    assert all(torch.equal(held[n], t) for n, t in want.items())
+    assert not torch.equal(want[NORM], tiny_janus(seed=0).model.state_dict()[NORM])
 
 
 class _Remote:
@@ -450,3 +464,124 @@ def test_the_driver_refuses_an_export_that_does_not_match_its_manifest(monkeypat
     stats = sync.push(_FakeGroup([manifest, *buckets]), [_FakePool([_FakeWorker(fresh)])])
     assert stats.version == sync.version == fresh.version == 1 and stats.buckets == len(buckets)
     assert stats.manifest_s <= stats.export_s <= stats.seconds
+
+
+def _same(held: dict, want: dict) -> bool:
+    return all(torch.equal(held[n], t) for n, t in want.items())
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_compiled_graph_push_versions_deltas_refusal_replacement_and_teardown(local_ray, tiny_roles):
+    """sync.transport=compiled_graph, to a generation and a reward worker: exactly the learner's
+    weights on both over several versions, unchanged tensors skipped, a bad manifest refused
+    with the workers unchanged, an apply held off while a worker's lock is taken (as by a
+    generate call), a replaced worker brought to the pushed version and the graph rebuilt
+    around it, a bounded teardown that leaves the actors usable."""
+    from gapray.config import load_config
+    from gapray.workers.sync import CompiledSync, make_sync
+
+    ray, roles = local_ray, tiny_roles
+
+    # Run on the actors (local functions: pickled by value, the workers cannot import tests).
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.policy.model.named_parameters() if p.requires_grad}
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.model.named_parameters()}
+
+    def _nudge(self, names: list[str] | None) -> None:
+        with torch.no_grad():
+            for n, p in self.policy.model.named_parameters():
+                if p.requires_grad and (names is None or n in names):
+                    p.add_(0.5)
+
+    def _hold_lock(self, seconds: float) -> None:
+        with self.lock:
+            time.sleep(seconds)
+
+    def _break_manifests(self, on: bool) -> None:
+        """The learner's compiled export sends a manifest whose last tensor has a wrong shape."""
+        compiled = self.compiled
+        compiled.__dict__.pop("step", None)
+        if not on:
+            return
+        step = compiled.step
+
+        def bad(*args, **kwargs):
+            manifest, bucket = step(*args, **kwargs)
+            if manifest is not None and manifest.buckets:
+                *head, last = manifest.buckets
+                spec = dataclasses.replace(last[-1], shape=(3,))
+                manifest = dataclasses.replace(manifest, buckets=(*head, (*last[:-1], spec)))
+            return manifest, bucket
+
+        compiled.step = bad
+
+    assert isinstance(make_sync(load_config([*TINY_RUN, "sync.transport=compiled_graph"]).sync), CompiledSync)
+    group, learner = roles.learner, roles.learner.actors[0]
+    pools = [roles.generation, roles.reward]
+    sync = CompiledSync(0.05)
+
+    def holds_the_learners_weights() -> bool:
+        want = ray.get(learner.__ray_call__.remote(_trainable))
+        actors = [a for pool in pools for a in pool.actors]
+        return all(_same(ray.get(a.__ray_call__.remote(_weights)), want) for a in actors)
+
+    def versions() -> list[int]:
+        return [v for pool in pools for v in pool.versions()]
+
+    try:
+        ray.get(learner.__ray_call__.remote(_nudge, None))  # every trainable tensor changes
+        first = sync.push(group, pools)
+        assert first.version == 1 and first.tensors == first.trainable > 0 and first.buckets > 1
+        assert first.peak_extra_bytes is not None and versions() == [1, 1] and holds_the_learners_weights()
+        second = sync.push(group, pools)  # nothing trained: the manifest alone
+        assert (second.version, second.tensors, second.bytes, second.buckets) == (2, 0, 0, 0)
+        ray.get(learner.__ray_call__.remote(_nudge, [NORM]))
+        third = sync.push(group, pools)  # one tensor changed: one travels
+        assert third.version == 3 and third.tensors == 1 and versions() == [3, 3]
+        assert holds_the_learners_weights()
+
+        # A bad manifest: refused before any tensor changes; the driver's version stays.
+        ray.get(learner.__ray_call__.remote(_break_manifests, True))
+        ray.get(learner.__ray_call__.remote(_nudge, [NORM]))
+        before = [ray.get(a.__ray_call__.remote(_weights)) for pool in pools for a in pool.actors]
+        with pytest.raises(Exception, match=r"has shape \(3,\)"):
+            sync.push(group, pools)
+        after = [ray.get(a.__ray_call__.remote(_weights)) for pool in pools for a in pool.actors]
+        assert sync.version == 3 and versions() == [3, 3]
+        assert all(_same(a, b) for a, b in zip(after, before, strict=True))
+        ray.get(learner.__ray_call__.remote(_break_manifests, False))
+        ray.get(learner.__ray_call__.remote(_nudge, [NORM]))
+        fourth = sync.push(group, pools)  # the graph still serves after a refusal
+        assert fourth.version == 4 and versions() == [4, 4] and holds_the_learners_weights()
+
+        # An apply waits while a worker's lock is held (as a generate call holds it).
+        held = roles.reward.actors[0].__ray_call__.remote(_hold_lock, 0.6)
+        time.sleep(0.1)  # the hold has begun
+        ray.get(learner.__ray_call__.remote(_nudge, [NORM]))
+        t0 = time.perf_counter()
+        assert sync.push(group, pools).version == 5 and time.perf_counter() - t0 >= 0.4
+        ray.get(held)
+
+        # A replaced worker catches up from the learner's kept copies (not what it trained
+        # since); the next push rebuilds the graph around it.
+        want = ray.get(learner.__ray_call__.remote(_trainable))
+        ray.get(learner.__ray_call__.remote(_nudge, [NORM]))
+        dead = roles.generation.actors[0]
+        ray.kill(dead)
+        _wait_dead(ray, dead)
+        roles.generation.heal()
+        assert versions() == [5, 5] and roles.generation.actors[0] is not dead
+        assert _same(ray.get(roles.generation.actors[0].__ray_call__.remote(_weights)), want)
+        sixth = sync.push(group, pools)
+        assert sixth.version == 6 and sixth.tensors == 1 and versions() == [6, 6]
+        assert holds_the_learners_weights()
+
+        t0 = time.perf_counter()
+        sync.close()
+        assert sync.graph is None and time.perf_counter() - t0 < 30
+        assert versions() == [6, 6]  # the actors still answer ordinary calls
+    finally:
+        sync.close()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from gapray.models.base import guidance
-from gapray.workers.model_worker import ModelWorker
+from gapray.workers.model_worker import ModelWorker, exclusive
 from gapray.workers.pool import WorkerPool
 from gapray.workers.sync import check_update
 
@@ -106,6 +106,7 @@ class GenerationWorker(ModelWorker):
         if self.engine is not None:
             self.engine.version = version
 
+    @exclusive
     def generate(self, prompts: list[str], seeds: list[int]) -> tuple[np.ndarray, int]:
         """One image per row (prompts already repeated n times) -> (N, T) int32 tokens and the
         version that made them."""
@@ -125,6 +126,7 @@ class GenerationWorker(ModelWorker):
             )
         return tokens.cpu().numpy().astype(np.int32), self.version
 
+    @exclusive
     def eval_share(self, evaluator, prompts, indices, settings, out_dir: str | None, shown: set[int]):
         """One share of an evaluation (gapray.eval.stage) with the weights this worker holds
         now, through its transformers adapter (which follows every update on both backends)."""

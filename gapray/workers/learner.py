@@ -359,13 +359,59 @@ class LearnerWorker:
         returns inline), then each bucket as soon as it is gathered; the other ranks yield
         nothing but must run it too, in step (an FSDP2 DTensor's gather is a collective). See
         sync.WeightExporter."""
+        yield from self._exporter().export(
+            self.policy.model, bucket_mb, emit=self.rank == 0, full=full, params=self.named_params
+        )  # named_params: what the optimizer trains, held, so no walk of the module tree per push
+
+    def _exporter(self):
         from gapray.workers.sync import WeightExporter
 
         if getattr(self, "weight_exporter", None) is None:
             self.weight_exporter = WeightExporter()
-        yield from self.weight_exporter.export(
-            self.policy.model, bucket_mb, emit=self.rank == 0, full=full, params=self.named_params
-        )  # named_params: what the optimizer trains, held, so no walk of the module tree per push
+        return self.weight_exporter
+
+    # The compiled-graph transport (sync.transport=compiled_graph, gapray/workers/sync/compiled.py):
+    # its export runs on the graph's thread, a replay's on the actor's own; one lock keeps them
+    # off the kept copies at the same time.
+    def prepare_compiled_push(self, bucket_mb: float) -> int:
+        """Before the graph is compiled: size this process's compiled-graph channels for the
+        largest message a push can send (Ray sizes an actor's output channel from its own
+        DAGContext); returns the size in bytes."""
+        import threading
+
+        from ray.dag import DAGContext
+
+        from gapray.workers.sync.export import CompiledExport
+
+        if self.world_size != 1:
+            raise ValueError("sync.transport=compiled_graph needs learner.num_ranks=1")
+        if getattr(self, "export_lock", None) is None:
+            self.export_lock = threading.Lock()
+        with self.export_lock:
+            size = CompiledExport.buffer_for(self._exporter(), self.named_params, bucket_mb)
+            DAGContext.get_current().buffer_size_bytes = size
+            self.compiled = CompiledExport(self._exporter(), size)
+        return size
+
+    def compiled_export(self, request):
+        """One execution of the compiled push: the manifest with bucket 0, then a bucket each."""
+        import time
+
+        from gapray.workers.sync.compiled import PushItem
+
+        t0 = time.perf_counter()
+        with self.export_lock:
+            manifest, bucket = self.compiled.step(
+                self.policy.model, self.named_params, request.version, request.index, request.bucket_mb
+            )
+        return PushItem(request.version, request.index, manifest, bucket, time.perf_counter() - t0)
+
+    def pushed_weights(self, bucket_mb: float):
+        """What was last pushed (the kept copies, after any push in flight is run to its end),
+        as a streaming generator: the manifest, then each bucket (a replaced worker's replay)."""
+        with self.export_lock:
+            self.compiled.finish()
+            yield from self._exporter().export_sent(bucket_mb)
 
     def save_checkpoint(self, run_root: str, step: int, extra_state: dict, keep: int) -> str:
         """Every rank calls this (a collective). The trainable weights and the AdamW state go to
@@ -533,6 +579,15 @@ class LearnerGroup:
             a.export_weights.options(num_returns="streaming").remote(bucket_mb, full) for a in self.actors
         ]
         return ExportStream(gens[0], gens[1:])
+
+    def pushed_weights(self, bucket_mb: float) -> list:
+        """The last push's weights as a replay ([(manifest, bucket refs)]) from rank 0's kept
+        copies: how a replaced worker catches up under sync.transport=compiled_graph."""
+        import ray
+
+        gen = self.actors[0].pushed_weights.options(num_returns="streaming").remote(bucket_mb)
+        manifest, *refs = list(gen)
+        return [(ray.get(manifest), refs)]
 
     def save_checkpoint(self, run_root: str, step: int, extra_state: dict, keep: int) -> str:
         """Every rank writes its shards (torch.distributed.checkpoint); rank 0's path."""

@@ -4,9 +4,16 @@ worker = ModelWorker(model_cfg, threads=2, lora_scaling=1.0)
 worker.begin_update(version, manifest)      # a WeightSync push: every tensor checked first,
 worker.apply_bucket(version, bucket)        # then each bucket copied in place as it arrives
 worker.load_weights(version, parts)         # a replay of the ledger (a new or healed worker)
+worker.compiled_apply(item)                 # one execution of the compiled-graph push
+
+Every call that reads or changes the weights holds `worker.lock` (`exclusive`): the compiled
+graph's bucket applies run on a background thread of the actor, beside its ordinary calls.
 """
 
 from __future__ import annotations
+
+import functools
+import threading
 
 import torch
 
@@ -20,6 +27,18 @@ from gapray.workers.sync import (
     check_manifest,
     check_update,
 )
+
+
+def exclusive(method):
+    """Run `method` holding the worker's lock: a weight update never runs while the model
+    generates, judges or evaluates on another thread of the actor, nor the other way round."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -57,6 +76,7 @@ class ModelWorker:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_adapter(model_cfg, self.device)
         self.version = 0
+        self.lock = threading.RLock()  # see `exclusive`
         self.lora_scaling = lora_scaling
         self.merge_state = LoraMergeState.empty()
         self.receiver = BucketReceiver()
@@ -73,6 +93,7 @@ class ModelWorker:
         return self.version
 
     # ------------------------------------------------------------------------ weight updates
+    @exclusive
     def begin_update(self, version: int, manifest: SyncManifest) -> SyncAck | None:
         """The manifest of a push: every tensor is checked against the model before any bucket
         arrives (a refusal changes nothing and keeps the version). The ack when it has no buckets."""
@@ -95,6 +116,7 @@ class ModelWorker:
             params=self.params,
         )
 
+    @exclusive
     def apply_bucket(self, version: int, bucket, manifest: SyncManifest | None = None) -> SyncAck | None:
         """Copy one bucket in place (checked first: a refused bucket changes nothing); the ack
         after the manifest's last. The first bucket's call brings the update's manifest (as
@@ -129,6 +151,35 @@ class ModelWorker:
             params=self.params,
         ).apply()
 
+    def compiled_apply(self, item):
+        """One execution of the compiled-graph push (gapray/workers/sync/compiled.py): the
+        manifest (checked whole first) with bucket 0, or one later bucket, applied in place
+        under the lock; a BucketReport, with the ack once the last bucket is in."""
+        from gapray.workers.sync.compiled import BucketReport
+
+        with self.lock:
+            if item.bucket is None:
+                if item.manifest is None:
+                    raise ValueError(
+                        f"compiled weight push {item.version}: an item with neither manifest nor bucket"
+                    )
+                ack = self.begin_update(item.version, item.manifest)
+            else:
+                ack = self.apply_bucket(item.version, item.bucket, item.manifest)
+            m = self.receiver.manifest
+            assert m is not None
+            return BucketReport(
+                version=item.version,
+                index=item.index,
+                buckets=len(m.buckets),
+                tensors=len(m.names),
+                trainable=m.trainable,
+                bytes=m.bytes,
+                ack=ack,
+                learner_s=item.learner_s,
+            )
+
+    @exclusive
     def load_weights(self, version: int, parts: list[tuple[SyncManifest, list]]) -> SyncAck | None:
         """Replay pushes (a WeightLedger's entries, oldest first): each manifest checked, then its
         buckets pulled and applied one at a time; the worker ends at `version`."""

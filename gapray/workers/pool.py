@@ -56,7 +56,9 @@ class WorkerPool:
     make_actor: object  # callable(index) -> actor handle (placed and sized by the caller)
     size: int
     actors: list = field(default_factory=list)
-    current: tuple[int, list] | None = None  # (version, the ledger's replay: [(manifest, refs)])
+    current: tuple[int, object] | None = None
+    """(version, the ledger's replay: [(manifest, refs)]), or (version, a callable returning
+    one when asked: the compiled-graph transport's, from the learner's kept copies)."""
     restarts: int = 0
     max_restarts: int = 3
     placement: list[dict] = field(default_factory=list)  # each worker's ready() info: node, pid
@@ -101,7 +103,13 @@ class WorkerPool:
                 f"{self.name} worker {i}: the replacement failed to start: {describe(e)}"
             ) from None
         if self.current is not None:
-            ray.get(self.actors[i].load_weights.remote(*self.current))
+            ray.get(self.actors[i].load_weights.remote(*self.replay_parts()))
+
+    def replay_parts(self) -> tuple[int, list]:
+        """(the pushed version, the pushes that rebuild it: [(manifest, bucket refs)])."""
+        assert self.current is not None
+        version, parts = self.current
+        return version, parts() if callable(parts) else parts
 
     def replace(self, i: int, err: Exception) -> None:
         """Replace dead worker i and load it with the last pushed weights (for callers that
@@ -121,7 +129,7 @@ class WorkerPool:
                 self._replace(i, err)
                 continue
             if self.current is not None and held != self.current[0]:
-                ray.get(actor.load_weights.remote(*self.current))
+                ray.get(actor.load_weights.remote(*self.replay_parts()))
 
     def call_one(self, method: str, *args, **kwargs):
         """Call `method` on worker 0 (e.g. an evaluation), replacing it if it dies."""

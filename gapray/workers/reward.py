@@ -16,7 +16,7 @@ import torch
 from gapray.eval.verifier import ToyVerifier, Truth
 from gapray.types import Prompt
 from gapray.workers.generation import Rollouts
-from gapray.workers.model_worker import ModelWorker
+from gapray.workers.model_worker import ModelWorker, exclusive
 from gapray.workers.pool import WorkerPool
 
 
@@ -36,6 +36,7 @@ class RewardWorker(ModelWorker):
         self.cfg = reward_cfg
         self.verifier = None  # made on the first share that asks for ground truth
 
+    @exclusive
     def score(
         self, prompts: list[str], tokens: np.ndarray, specs: list[Prompt] | None = None
     ) -> tuple[np.ndarray, np.ndarray, int, Truth | None]:

@@ -31,10 +31,14 @@ The package, one side per file:
 - `export.py`: the learner's side (WeightExporter; ExportStream on the driver over its refs);
 - `receive.py`: a worker's side (BucketReceiver, PeakMemory, SyncAck, check_manifest);
 - `push.py`: the driver's side (WeightSync, the policy version's one owner; WeightLedger; SyncStats);
+- `compiled.py`: the compiled-graph transport (`sync.transport=compiled_graph`): its messages and
+  the driver's side (CompiledSync, a WeightSync whose buckets go learner -> workers through one
+  Ray Compiled Graph, an execution per bucket; the learner's side is export.CompiledExport);
 - `update.py`: applying a bucket in place, checked first, LoRA merged (check_update, apply_update).
 """
 
-from gapray.workers.sync.export import ExportStream, WeightExporter
+from gapray.workers.sync.compiled import BucketReport, CompiledSync, PushItem, PushRequest
+from gapray.workers.sync.export import CompiledExport, ExportStream, WeightExporter
 from gapray.workers.sync.push import SyncStats, WeightLedger, WeightSync
 from gapray.workers.sync.receive import BucketReceiver, PeakMemory, SyncAck, check_manifest
 from gapray.workers.sync.update import (
@@ -60,14 +64,29 @@ from gapray.workers.sync.wire import (
     same_bytes,
 )
 
+
+def make_sync(cfg) -> WeightSync:
+    """The driver's WeightSync for a SyncConfig: `transport` object_store or compiled_graph."""
+    if cfg.transport == "compiled_graph":
+        return CompiledSync(cfg.bucket_mb)
+    if cfg.transport != "object_store":
+        raise ValueError(f"sync.transport must be object_store or compiled_graph, got {cfg.transport!r}")
+    return WeightSync(cfg.bucket_mb)
+
+
 __all__ = [
     "LORA_A",
     "LORA_B",
     "TORN",
     "BucketReceiver",
+    "BucketReport",
+    "CompiledExport",
+    "CompiledSync",
     "ExportStream",
     "LoraMergeState",
     "PeakMemory",
+    "PushItem",
+    "PushRequest",
     "SyncAck",
     "SyncManifest",
     "SyncStats",
@@ -85,6 +104,7 @@ __all__ = [
     "check_update",
     "copy_into",
     "lora_target",
+    "make_sync",
     "pack_buckets",
     "same_bytes",
     "trainable_tensors",

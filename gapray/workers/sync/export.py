@@ -142,12 +142,16 @@ class WeightExporter:
         emit: bool = True,
         full: bool = False,
         params: dict[str, torch.Tensor] | None = None,
+        keep_first: bool = False,
     ) -> Iterator[SyncManifest | WireBucket]:
         """Yield the manifest (before anything is gathered), then each bucket (a WireBucket) as
         soon as it is gathered. A CPU parameter's bytes travel straight from the parameter (no
         copy before the put); what was sent is copied into the kept copies after each bucket's
         yield, while the receivers apply it. A consumer in process must use a bucket before
-        the parameters change.
+        the parameters change. `keep_first`: every tensor is copied into its kept copy before
+        its bucket is yielded and the kept copy's bytes travel (the compiled-graph transport,
+        whose writes happen after the learner's call returns: nothing is left to keep after
+        the last yield).
         Every rank of a sharded learner must run this to the end in step (each DTensor's
         full_tensor() is a collective); only the rank with `emit` yields anything."""
         manifest, groups = self.plan(model, bucket_mb, full, params)
@@ -162,7 +166,7 @@ class WeightExporter:
                         p.full_tensor().detach().to("cpu").contiguous()
                     )  # collective: every rank, same order
                     later.append((name, _local(p)))
-                elif _own_bytes_travel(p):
+                elif _own_bytes_travel(p) and not keep_first:
                     # Its own bytes go out (Ray's put copies them into the object store); the
                     # kept copy is refreshed after the yield, off the push's critical path.
                     value = p.detach()
@@ -178,6 +182,15 @@ class WeightExporter:
             # consumer that stops here leaves them stale: the next export sends them again.
             for name, value in later:
                 self._keep(name, value)
+
+    def export_sent(self, bucket_mb: float) -> Iterator[SyncManifest | WireBucket]:
+        """Yield a manifest and buckets of the kept copies: every tensor as last exported, i.e.
+        the pushed version whatever the learner trained since (a replaced worker's replay under
+        the compiled-graph transport). One rank only (the kept copies are whole tensors)."""
+        manifest, groups = self.plan(torch.nn.Module(), bucket_mb, full=True, params=self.sent)
+        yield manifest
+        for group, specs in zip(groups, manifest.buckets, strict=True):
+            yield WireBucket(specs, [as_bytes_array(t) for _, t in group])
 
     def _keep(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """Copy `value` into the kept CPU copy of `name` (made once, reused while its shape and
@@ -216,3 +229,86 @@ class ExportStream:
         for gen in self.others:
             for ref in gen:
                 ray.get(ref)
+
+
+class CompiledExport:
+    """Learner-side state of the compiled-graph transport (`sync.transport=compiled_graph`).
+
+    One push is several executions of the graph, one per bucket (one for the manifest alone
+    when nothing changed): `step(request)` with `request.index == 0` starts a fresh export
+    (`keep_first`: the kept copies are refreshed before each bucket leaves, since the graph
+    writes the returned bucket after this call) and returns the manifest with bucket 0; later
+    indices return the next bucket. Every message must fit the graph's shared-memory buffer,
+    sized once at compile time (`buffer_bytes`): Ray would resize a channel for a larger one,
+    and a resized channel hangs the graph's teardown (Ray 2.60), so a larger message is a
+    named error instead."""
+
+    SLACK = 64 * 2**10  # pickled framing of a message beyond its arrays and manifest
+
+    def __init__(self, exporter: WeightExporter, buffer_bytes: int):
+        self.exporter = exporter
+        self.buffer_bytes = buffer_bytes
+        self.stream: Iterator[SyncManifest | WireBucket] | None = None
+        self.manifest: SyncManifest | None = None
+        self.index = 0
+        self.version: int | None = None
+
+    @staticmethod
+    def buffer_for(exporter: WeightExporter, params: dict[str, torch.Tensor], bucket_mb: float) -> int:
+        """Bytes of the largest message a push can send: a bucket of at most max(bucket_mb MiB,
+        the largest tensor or LoRA pair), the manifest of every trainable tensor, framing."""
+        manifest, _ = exporter.plan(torch.nn.Module(), bucket_mb, full=True, params=params)
+        largest = max(int(bucket_mb * 2**20), manifest.largest_bucket_bytes)
+        return largest + 64 * len(manifest.names) + _pickled_size(manifest) + CompiledExport.SLACK
+
+    def step(
+        self,
+        model: torch.nn.Module,
+        params: dict[str, torch.Tensor],
+        version: int,
+        index: int,
+        bucket_mb: float,
+    ) -> tuple[SyncManifest | None, WireBucket | None]:
+        """(the manifest on index 0, else None; bucket `index`, or None when the push has none)."""
+        if index == 0:
+            self.finish()
+            self.stream = self.exporter.export(model, bucket_mb, keep_first=True, params=params)
+            self.manifest, self.index, self.version = next(self.stream), 0, version
+        elif self.stream is None or version != self.version or index != self.index:
+            raise RuntimeError(
+                f"compiled weight push: asked for bucket {index} of version {version}, the export "
+                f"in flight is at bucket {self.index} of version {self.version}"
+            )
+        assert self.manifest is not None
+        sent = self.manifest if index == 0 else None
+        if not self.manifest.buckets:
+            self.stream = None
+            return sent, None
+        bucket = next(self.stream)
+        assert isinstance(bucket, WireBucket)
+        self.index += 1
+        if self.index == len(self.manifest.buckets):
+            self.finish()
+        size = sum(a.nbytes for a in bucket.data) + 64 * len(bucket.data)
+        size += _pickled_size(sent) if sent is not None else 0
+        if size + self.SLACK > self.buffer_bytes:
+            raise RuntimeError(
+                f"compiled weight push: a message of {size} bytes does not fit the graph's "
+                f"{self.buffer_bytes}-byte buffer (sized at compile time from sync.bucket_mb and "
+                "the largest trainable tensor); Ray would resize the channel and its teardown hang"
+            )
+        return sent, bucket
+
+    def finish(self) -> None:
+        """Run the export in flight to its end (every bucket kept, whether sent or not): after
+        it the kept copies hold the whole version it exported."""
+        if self.stream is not None:
+            for _ in self.stream:
+                pass
+            self.stream = None
+
+
+def _pickled_size(obj) -> int:
+    import pickle
+
+    return len(pickle.dumps(obj, protocol=5))

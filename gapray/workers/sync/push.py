@@ -84,6 +84,9 @@ class WeightSync:
         self.version = 0
         self.ledger = WeightLedger()
 
+    def close(self) -> None:
+        """Nothing to release (the compiled-graph transport tears its graph down here)."""
+
     def push(self, learner_group, targets: list) -> SyncStats:
         """Export the changed trainable weights once (every learner rank takes part), forward each
         bucket to every target worker as soon as it is in the object store (the manifest rides by

@@ -6,9 +6,10 @@ warm-up and is not counted. Both go through `Controller.step`, so they build
 the same batches with the same code; only how a stage reaches its worker differs:
 
     pooled      the real Ray roles of `gapray run` (`build_roles`): actors in placement groups,
-                rows and batches through Ray calls, weights through the object store
-                (`WeightSync`: changed tensors only, streamed bucket by bucket). Evaluations
-                and checkpoints are left out.
+                rows and batches through Ray calls, weights by the transport sync.transport
+                selects (`WeightSync`: changed tensors only, bucket by bucket, through the
+                object store; `CompiledSync` with sync.transport=compiled_graph: through one
+                Ray Compiled Graph). Evaluations and checkpoints are left out.
     sequential  one process, no Ray: the same GenerationWorker, RewardWorker and LearnerWorker
                 classes called in-process, one after another; the "sync" is a plain in-memory
                 copy of the learner's trainable tensors into the generation (and a following
@@ -21,6 +22,7 @@ several workers on free cores. The numbers are what they are on the machine that
     gapray bench loop                                # the run's model (the toy checkpoint)
     gapray bench loop --model tiny --steps 3 --prompts-per-step 4 --images-per-prompt 4
     gapray bench loop --steps 2 learner.micro_batch_size=4   # config overrides pass through
+    gapray bench loop sync.transport=compiled_graph          # the pooled sync through a compiled graph
 
 Prints a Markdown table and writes <out>/loop-<model>-<timestamp>.json and .md.
 """
@@ -239,6 +241,11 @@ SYNC_PARTS = {
     "sync_apply_ms": "slowest worker's own time, manifest to last bucket applied",
     "sync_ms": "whole push, to the last acknowledgement",
 }
+COMPILED_SYNC_PARTS = {  # sync.transport=compiled_graph: the driver sees neither manifest nor refs
+    "sync_export_ms": "learner's own time over the push's executions (compare, copy, buckets out)",
+    "sync_apply_ms": "slowest worker's own time, manifest to last bucket applied",
+    "sync_ms": "whole push, to the last acknowledgement",
+}
 
 
 BUCKET_SLACK = 0.05
@@ -311,6 +318,7 @@ def ratios(pooled: dict, seq: dict) -> dict:
 def markdown(res: dict) -> str:
     mc, p, s, q = res["machine"], res["pooled"], res["sequential"], res["speedup"]
     thr = res["stage_threads"]
+    transport = res["config"]["sync"].get("transport", "object_store")
     lines = [
         f"## gapray bench loop: model `{res['model']}`, {res['steps']} measured step(s) after {res['warmup']} warm-up",
         "",
@@ -324,6 +332,8 @@ def markdown(res: dict) -> str:
         f"= {p['images'] // res['steps']} images; pairs per step {p['pairs'] / res['steps']:g} (pooled), "
         f"{s['pairs'] / res['steps']:g} (sequential); same images in both loops: "
         f"{'yes' if res['same_images'] else 'NO'}. Overrides: `{' '.join(res['overrides']) or '(none)'}`.",
+        f"Pooled sync transport: `sync.transport={transport}`, buckets of {res['config']['sync']['bucket_mb']:g} MiB; "
+        "the sequential loop's sync is an in-memory copy of every trainable tensor.",
         "",
         "| stage | pooled (Ray) s/step | sequential s/step | pooled speed-up "
         "| pooled best step s | sequential best step s | speed-up, best steps |",
@@ -346,7 +356,7 @@ def markdown(res: dict) -> str:
         "images_generated_per_s": "images generated / s",
         "images_judged_per_s": "images judged / s",
         "pairs_learned_per_s": "pairs learned / s",
-        "sync_ms": "sync ms (pooled: object store; sequential: in-memory copy)",
+        "sync_ms": f"sync ms (pooled: {transport.replace('_', ' ')}; sequential: in-memory copy)",
         "sync_mb": "MB per sync",
         "sync_mb_per_s": "sync MB / s",
         "sync_ms_median": "sync ms, median sync",
@@ -362,8 +372,9 @@ def markdown(res: dict) -> str:
         lines.append(f"| {label} | {_f(p['throughput'][k])} | {_f(s['throughput'][k])} | {ratio} |")
     d = p.get("sync_detail") or {}
     if d:
-        lines += ["", "| pooled sync, part by part (mean over syncs) | ms |", "|---|---:|"]
-        lines += [f"| {label} | {_f(d[k])} |" for k, label in SYNC_PARTS.items()]
+        parts = COMPILED_SYNC_PARTS if transport == "compiled_graph" else SYNC_PARTS
+        lines += ["", f"| pooled sync ({transport}), part by part (mean over syncs) | ms |", "|---|---:|"]
+        lines += [f"| {label} | {_f(d[k])} |" for k, label in parts.items()]
         peak, bucket = d["receiver_peak_extra_mb"], d["largest_bucket_mb"]
         ratio = None if peak is None or not bucket else peak / bucket
         within = "n/a" if ratio is None else ("yes" if ratio <= 1 + BUCKET_SLACK else "NO")
@@ -442,6 +453,7 @@ def bench(args: argparse.Namespace) -> dict:
         "prompts_per_step": cfg.curriculum.prompts_per_step,
         "images_per_prompt": cfg.generation.images_per_prompt,
         "overrides": overrides,
+        "sync_transport": cfg.sync.transport,
         "machine": info,
         "stage_threads": {
             "generation": _threads(cfg, cfg.generation.cpus_per_worker),

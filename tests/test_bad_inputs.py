@@ -67,6 +67,16 @@ def test_unknown_key_cli(tmp_path):
     assert not out.exists()
 
 
+def test_compiled_graph_sync_refuses_what_it_cannot_serve(tmp_path, capsys):
+    out = tmp_path / "run"
+    bad = ["sync.transport=compiled_graph", "learner.num_ranks=2", "run.pipeline=async"]
+    rc, msg = run_cli(capsys, *bad, f"run.out_dir={out}")
+    assert rc == 2
+    assert "sync.transport='compiled_graph': compiled_graph needs learner.num_ranks=1" in msg
+    assert "sync.transport='compiled_graph': compiled_graph needs run.pipeline=sync" in msg
+    assert not out.exists()
+
+
 def test_missing_model_path(tmp_path, capsys):
     out = tmp_path / "run"
     rc, msg = run_cli(capsys, "model.name=/nonexistent/Janus-Pro-7B", f"run.out_dir={out}")

@@ -60,7 +60,7 @@ BEFORE = {
         "reference": "initial",
         "max_bad_steps": 3,
     },
-    "sync": {"bucket_mb": 64.0},
+    "sync": {"bucket_mb": 64.0, "transport": "object_store"},
     "curriculum": {
         "kind": "uniform",
         "prompts": "toy",

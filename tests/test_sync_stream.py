@@ -518,6 +518,11 @@ def test_compiled_graph_push_versions_deltas_refusal_replacement_and_teardown(lo
 
         compiled.step = bad
 
+    def _small_default_channel(self) -> None:
+        from ray.dag import DAGContext
+
+        DAGContext.get_current().buffer_size_bytes = 100_000
+
     assert isinstance(make_sync(load_config([*TINY_RUN, "sync.transport=compiled_graph"]).sync), CompiledSync)
     group, learner = roles.learner, roles.learner.actors[0]
     pools = [roles.generation, roles.reward]
@@ -583,5 +588,17 @@ def test_compiled_graph_push_versions_deltas_refusal_replacement_and_teardown(lo
         sync.close()
         assert sync.graph is None and time.perf_counter() - t0 < 30
         assert versions() == [6, 6]  # the actors still answer ordinary calls
+
+        # A message larger than Ray's default channel (here lowered to 100 kB in the learner's
+        # process): unless the learner sizes its channel before the compile, Ray resizes it and
+        # the teardown hangs (close() raises after TEARDOWN_TIMEOUT_S).
+        ray.get(learner.__ray_call__.remote(_small_default_channel))
+        sync = CompiledSync(1.0)
+        ray.get(learner.__ray_call__.remote(_nudge, None))
+        big = sync.push(group, pools)
+        assert big.buckets == 1 and big.bytes > 4 * 100_000 and holds_the_learners_weights()
+        t0 = time.perf_counter()
+        sync.close()
+        assert time.perf_counter() - t0 < 10
     finally:
         sync.close()

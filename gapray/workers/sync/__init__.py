@@ -19,6 +19,18 @@ one bucket (`SyncAck.peak_extra_bytes`, the kernel's peak-RSS count over the syn
 keeps a `WeightLedger` of the pushes whose tensors are still the latest, so a worker that joins
 late or was restarted replays them in order and holds exactly the pushed version.
 
+`sync.transport=compiled_graph` (compiled.py) sends the same manifest and buckets through one
+Ray Compiled Graph, learner -> every worker, one execution per bucket: shared-memory channels
+instead of a Ray call per hop (the object-store path pays about a millisecond per call: the
+generator's reports, the forwards, the ref resolution, the acks). Same version owner, same
+manifest check, one bucket at a time; a replaced worker replays the learner's kept copies of
+the last push through the object store, and the graph is rebuilt around it. The hang once seen
+at `teardown()` was Ray's: an actor-to-actor channel is sized by the writer's own
+`DAGContext.buffer_size_bytes` (1 MB by default; `_buffer_size_bytes` at compile does not reach
+it), a larger message makes the writer resize it, and `teardown()` closes only the channels it
+compiled, so a reader waiting on the resized one never wakes. The learner sizes its channel for
+the largest message a push can send before the compile, and refuses a larger one by name.
+
     exporter = WeightExporter()                                    # on each learner rank
     for item in exporter.export(model, bucket_mb=64, emit=rank == 0): ...   # manifest, buckets
     receiver = BucketReceiver(); receiver.begin(version, manifest, model, ...)  # on a worker

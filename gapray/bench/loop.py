@@ -145,11 +145,23 @@ class Timed:
         self.rows.append({k: _plain(v) for k, v in row.items()})
 
     def result(self) -> dict:
-        return {
+        out = {
             "setup_s": self.setup_s,
             "rows": self.rows,
             **summarize([r for r in self.rows if not r["warmup"]]),
         }
+        # The receivers' extra memory over every sync, the warm-up's too: under the compiled
+        # graph a receiver first touches the channel buffer's pages in the first sync, and they
+        # stay resident, so later syncs add next to nothing.
+        peaks = [
+            (r["sync_receiver_peak_extra_mb"], r["sync_bucket_max_mb"])
+            for r in self.rows
+            if r.get("sync_receiver_peak_extra_mb") is not None
+        ]
+        if peaks and out["sync_detail"]:
+            out["sync_detail"]["receiver_peak_extra_mb_all_syncs"] = max(p for p, _ in peaks)
+            out["sync_detail"]["largest_bucket_mb_all_syncs"] = max(b for _, b in peaks)
+        return out
 
 
 def run_both(cfg: Config, steps: int, warmup: int) -> dict[str, dict]:
@@ -266,6 +278,7 @@ def sync_detail(synced: list[dict]) -> dict:
         "buckets": sum(r["sync_buckets"] for r in synced) / len(synced),
         "largest_bucket_mb": max(r["sync_bucket_max_mb"] for r in synced),
         "receiver_peak_extra_mb": max(peaks) if peaks else None,
+        "channel_buffer_mb": max((r.get("sync_channel_buffer_mb", 0.0) for r in synced), default=0.0) or None,
     }
 
 
@@ -375,16 +388,31 @@ def markdown(res: dict) -> str:
         parts = COMPILED_SYNC_PARTS if transport == "compiled_graph" else SYNC_PARTS
         lines += ["", f"| pooled sync ({transport}), part by part (mean over syncs) | ms |", "|---|---:|"]
         lines += [f"| {label} | {_f(d[k])} |" for k, label in parts.items()]
-        peak, bucket = d["receiver_peak_extra_mb"], d["largest_bucket_mb"]
+        compiled = transport == "compiled_graph" and "receiver_peak_extra_mb_all_syncs" in d
+        if compiled:  # the channel's pages are first touched in the warm-up's sync
+            peak, bucket = d["receiver_peak_extra_mb_all_syncs"], d["largest_bucket_mb_all_syncs"]
+            which = "worst sync and worker, the warm-up's included"
+        else:
+            peak, bucket = d["receiver_peak_extra_mb"], d["largest_bucket_mb"]
+            which = "worst sync and worker"
         ratio = None if peak is None or not bucket else peak / bucket
         within = "n/a" if ratio is None else ("yes" if ratio <= 1 + BUCKET_SLACK else "NO")
         lines += [
             "",
             f"Pooled sync: {d['tensors']:g} tensors in {d['buckets']:g} bucket(s) per sync; receivers' peak "
-            f"extra memory during a sync {_f(peak)} MiB (kernel peak-RSS mark, worst sync and worker), "
+            f"extra memory during a sync {_f(peak)} MiB (kernel peak-RSS mark, {which}), "
             f"largest bucket {_f(bucket)} MiB, ratio {_f(ratio)}: within one bucket (+{BUCKET_SLACK:.0%} for "
             f"64-byte alignment and 4 KiB pages): {within}.",
         ]
+        if compiled:
+            lines += [
+                "",
+                f"Compiled graph: a receiver reads every bucket from one shared-memory channel buffer "
+                f"({_f(d.get('channel_buffer_mb'))} MiB reserved at compile for the largest message a push "
+                "can send), mapped once: the pages a bucket touches become resident in the first sync that "
+                f"sends it and stay, so the measured syncs add only {_f(d['receiver_peak_extra_mb'])} MiB "
+                "each; the extra memory is one bucket held for the run, not one per sync.",
+            ]
     lines += [
         "",
         f"Setup (not timed in the table): pooled {p['setup_s']:.1f} s (Ray start, actors, model loads), "

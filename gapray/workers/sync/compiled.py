@@ -91,6 +91,7 @@ class CompiledSync(WeightSync):
         self.actors: list = []  # the workers the graph was compiled with, in order
         self.learner = None
         self.compile_s: float | None = None
+        self.channel_bytes: int | None = None  # the learner -> workers channel's buffer
 
     # ----------------------------------------------------------------------------- the graph
     def _graph(self, learner_group, actors: list):
@@ -109,7 +110,7 @@ class CompiledSync(WeightSync):
         self.close()
         if not actors:
             raise ValueError("sync.transport=compiled_graph: no worker to push to")
-        ray.get(learner.prepare_compiled_push.remote(self.bucket_mb))
+        self.channel_bytes = ray.get(learner.prepare_compiled_push.remote(self.bucket_mb))
         t0 = time.perf_counter()
         with InputNode() as request:
             item = learner.compiled_export.bind(request)
@@ -195,6 +196,7 @@ class CompiledSync(WeightSync):
             peak_extra_bytes=max(peaks) if peaks else None,
             export_s=sum(rs[0].learner_s for rs in reports),
             apply_s=max((a.seconds for a in acks), default=0.0),
+            channel_bytes=self.channel_bytes,
         )
 
 

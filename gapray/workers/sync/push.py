@@ -58,6 +58,10 @@ class SyncStats:
     manifest_s: float = 0.0  # from the start until the manifest was in hand (compared, nothing gathered)
     export_s: float = 0.0  # ... until every bucket's ref was (gathered, put)
     apply_s: float = 0.0  # the slowest worker's own time, from the manifest to its last bucket
+    channel_bytes: int | None = None
+    """sync.transport=compiled_graph: the graph's shared-memory buffer each receiver maps once
+    and keeps between syncs (sized at compile: max(bucket_mb, largest tensor) + manifest); the
+    pages a message touched stay resident, which the per-sync peak does not see."""
 
     def as_metrics(self) -> dict[str, float]:
         out = {
@@ -73,6 +77,8 @@ class SyncStats:
         }
         if self.peak_extra_bytes is not None:
             out["sync_receiver_peak_extra_mb"] = self.peak_extra_bytes / 2**20
+        if self.channel_bytes is not None:
+            out["sync_channel_buffer_mb"] = self.channel_bytes / 2**20
         return out
 
 

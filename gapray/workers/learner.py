@@ -388,6 +388,8 @@ class LearnerWorker:
         if getattr(self, "export_lock", None) is None:
             self.export_lock = threading.Lock()
         with self.export_lock:
+            if getattr(self, "compiled", None) is not None:  # a graph rebuilt: end its export first
+                self.compiled.finish()
             size = CompiledExport.buffer_for(self._exporter(), self.named_params, bucket_mb)
             DAGContext.get_current().buffer_size_bytes = size
             self.compiled = CompiledExport(self._exporter(), size)

@@ -23,6 +23,9 @@ gapray_adapter.json with the eval's cfg_scale and temperature).
 
     gapray toy pretrain --out runs/toy-pretrain               # full recipe (CPU, < 2 h)
     gapray toy pretrain --out /tmp/t --vq-steps 50 --lm-steps 100   # smoke run
+
+`--family showo` trains a toy Show-o instead with the same flags and data rules (its LFQ
+tokenizer stage, then mask-prediction generation and understanding): gapray/toy/pretrain_showo_run.py.
 """
 
 from __future__ import annotations
@@ -68,12 +71,21 @@ MODEL_CONFIG = dict(
     vq_channels=32,
     vq_embed_dim=8,
 )
+FAMILIES = ("janus", "showo")
+"""Toy model families `--family` trains."""
 SPLIT_SEED = 0
 """The train/test split the toy eval uses (gapray.eval.toy_eval.SPLIT_SEED)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gapray toy pretrain", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="janus",
+        help="the toy model's family: janus (the shipped toy model, this module's recipe) or showo "
+        "(a toy Show-o: LFQ tokenizer, mask-prediction generation; gapray/toy/pretrain_showo_run.py)",
+    )
     p.add_argument("--out", default="runs/toy-pretrain", help="run folder (state.pt, checkpoint/)")
     p.add_argument("--seed", type=int, default=0, help="model init and data seed")
     p.add_argument("--vq-steps", type=int, default=1500, help="VQ stage steps")
@@ -150,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--temperature", type=float, default=1.0, help="eval temperature written to gapray_adapter.json"
     )
+    p.add_argument(
+        "--mask-steps",
+        type=int,
+        default=None,
+        help="--family showo only: MaskGIT steps written to gapray_adapter.json for the eval (default 8)",
+    )
     p.add_argument("--save-every", type=float, default=3.0, help="minutes between resumable state saves")
     p.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -181,6 +199,12 @@ def lm_params(adapter: JanusAdapter) -> list[torch.nn.Parameter]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.family == "showo":
+        from gapray.toy.pretrain_showo_run import check_args
+
+        check_args(parser, args)
+    elif args.mask_steps is not None:
+        parser.error("--mask-steps is a Show-o flag (--family showo)")
     try:
         negatives = parse_weights(args.negatives, NEAR_MISS_KINDS, "--negatives")
     except ValueError as err:
@@ -197,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     if args.labels == "exact" and not any(negatives.values()):
         parser.error(f"--negatives: at least one weight must be > 0, got {args.negatives!r}")
+    if args.family == "showo":
+        from gapray.toy.pretrain_showo_run import run
+
+        return run(args, negatives)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -284,6 +284,19 @@ class ShowoAdapter(MaskPrediction):
         return Judgement(p_yes=p_yes, decision=p_yes >= self.threshold)
 
     def _yes_no(self, codes: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        h, last = self.understanding_hidden(codes, texts)
+        logits = self.model.showo.lm_head(h[torch.arange(len(texts)), last]).float()  # (B, V)
+        logp = F.log_softmax(logits, dim=-1)
+        return torch.sigmoid(logp[:, self.yes_ids].logsumexp(-1) - logp[:, self.no_ids].logsumexp(-1))
+
+    def understanding_hidden(
+        self, codes: torch.Tensor, texts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The understanding path's forward (what `judge` reads, and what a training loss on it
+        must go through): rows <|mmu|> <|soi|> T image ids <|eoi|> <bos> text, right-padded,
+        full attention over the image prefix, causal after. Returns the last hidden states
+        (B, L, D) and each row's last real position (B,); image token t sits at position 2 + t.
+        Differentiable (`judge` wraps it in no_grad)."""
         lay = self.layout
         T = self.num_image_tokens
         rows = []
@@ -307,9 +320,7 @@ class ShowoAdapter(MaskPrediction):
         h = self.model.showo.model(
             input_ids=ids, attention_mask=omni_mask(is_pad, eoi, None)
         ).last_hidden_state
-        logits = self.model.showo.lm_head(h[torch.arange(len(rows)), last]).float()  # (B, V)
-        logp = F.log_softmax(logits, dim=-1)
-        return torch.sigmoid(logp[:, self.yes_ids].logsumexp(-1) - logp[:, self.no_ids].logsumexp(-1))
+        return h, last
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, path: str | os.PathLike) -> None:

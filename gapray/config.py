@@ -41,8 +41,10 @@ BUILTIN_MODELS = (
     "tiny",
     "janus_pro_shape",
     "showo_tiny",
+    "toy_showo",
 )  # model.name values that are not checkpoint paths
-AUTO_EVAL = "auto"  # eval group default: "toy" for model=toy, "self" for any other model
+AUTO_EVAL = "auto"  # eval group default: "toy" for the toy-world models, "self" for any other model
+TOY_MODELS = ("toy", "toy_showo")  # model.name values of the toy world's models (32 px, its prompts)
 
 
 class ConfigError(ValueError):
@@ -62,7 +64,8 @@ class ModelConfig:
     """The unified model every role loads (policy, reference, judge)."""
 
     name: str = "toy"
-    """"toy" (the toy world's 2.32M-parameter model), "tiny" (a tiny Janus config built in code,
+    """"toy" (the toy world's 2.32M-parameter model), "toy_showo" (the toy world's Show-o,
+    gapray/toy/checkpoint_showo), "tiny" (a tiny Janus config built in code,
     random weights, for tests), "janus_pro_shape" (Janus-Pro-1B's real layout: 384 px, 576
     image tokens, 16,384-code VQ, 102,400-id vocabulary, at CPU depth and width; random weights
     built in code, for CI) or a local checkpoint directory in `save_pretrained` form."""
@@ -290,7 +293,8 @@ class EvalConfig:
     verifier (GenEval rules, understanding, self-judge accuracy), only for toy-world models;
     "judge": the self-judge beside external judges (eval.judges): the four quadrants of self
     x judge verdicts, the weak-generation / misunderstanding split, Cohen's kappa.
-    The group default `eval=auto` picks toy for model=toy and self for every other model."""
+    The group default `eval=auto` picks toy for model=toy and model=toy_showo and self for every
+    other model."""
     prompts: str = "geneval"
     """eval=self / eval=judge: the held-out prompt set, a built-in name ("geneval": GenEval's
     553 prompts, "geneval_hard", "t2i_compbench/<category>_val", "dpg_bench", ...) or a
@@ -440,7 +444,7 @@ def load_config(overrides: Sequence[str] = (), config_dir: str | Path | None = N
             composed = compose(config_name="config", overrides=list(overrides))
             if OmegaConf.select(composed, "eval.kind") == AUTO_EVAL:
                 # eval=auto: compose the evaluator group that fits the model in its place.
-                pick = "toy" if OmegaConf.select(composed, "model.name") == "toy" else "self"
+                pick = "toy" if OmegaConf.select(composed, "model.name") in TOY_MODELS else "self"
                 rest = [o for o in overrides if o.lstrip("+~").partition("=")[0] != "eval"]
                 composed = compose(config_name="config", overrides=[*rest, f"eval={pick}"])
     except MissingConfigException as e:

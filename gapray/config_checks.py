@@ -19,7 +19,7 @@ def _is_showo(name: str) -> bool:
     """model.name is a Show-o: the tiny one built in code, or a directory whose config.json is
     Show-o's (_class_name "Showo"); read without importing the model code (gapray.models.showo
     has the same rule in is_showo)."""
-    if name == "showo_tiny":
+    if name in ("showo_tiny", "toy_showo"):
         return True
     cfg = Path(name) / "config.json"
     try:

@@ -82,7 +82,7 @@ def test_missing_model_path(tmp_path, capsys):
     rc, msg = run_cli(capsys, "model.name=/nonexistent/Janus-Pro-7B", f"run.out_dir={out}")
     assert rc == 2
     assert (
-        "model.name='/nonexistent/Janus-Pro-7B': must be 'toy', 'tiny', 'janus_pro_shape', 'showo_tiny' or an existing checkpoint directory"
+        "model.name='/nonexistent/Janus-Pro-7B': must be 'toy', 'tiny', 'janus_pro_shape', 'showo_tiny', 'toy_showo' or an existing checkpoint directory"
         in msg
     )
     assert not out.exists()

@@ -224,7 +224,8 @@ def test_loads_by_name_everywhere(shape):
 
     cfg = load_config(["model=janus_pro_shape"])  # accepted by the schema and the checks
     with pytest.raises(
-        ConfigError, match="must be 'toy', 'tiny', 'janus_pro_shape', 'showo_tiny' or an existing"
+        ConfigError,
+        match="must be 'toy', 'tiny', 'janus_pro_shape', 'showo_tiny', 'toy_showo' or an existing",
     ):
         load_config(["model.name=/nonexistent/Janus-Pro-1B"])  # and named where a path is wrong
     assert cfg.model.name == "janus_pro_shape" and cfg.model.dtype == "float32"

@@ -44,6 +44,11 @@ def test_vocabulary_covers_every_prompt_caption_and_the_judge_prompt(adapter):
     assert part[0] == adapter.layout.pad_id and part[-1] == adapter.eos_id, longest
 
 
+def test_fp32_weights_fit_the_16_mb_a_shipped_toy_model_may_take(adapter):
+    state = adapter.model.state_dict()
+    assert sum(t.numel() * 4 for t in state.values()) <= 16 * 2**20
+
+
 def test_mask_batch_draws_ratios_from_the_schedule_and_drops_prompts(adapter):
     rng = np.random.default_rng(3)
     tokens = torch.randint(0, adapter.codebook_size, (64, 16))

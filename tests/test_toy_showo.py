@@ -167,3 +167,12 @@ def test_smoke_pretrain_trains_both_stages_saves_loads_and_resumes(tmp_path, mon
     assert tokens.shape == (4, 16)
     verdict = model.judge(model.decode(tokens), ["two red circles"] * 2 + ["a blue heart"] * 2)
     assert verdict.p_yes.shape == (4,) and ((verdict.p_yes >= 0) & (verdict.p_yes <= 1)).all()
+
+
+def test_the_janus_recipe_refuses_a_show_o_state(tmp_path, capsys):
+    # Either driver refuses the other family's state.pt instead of failing on its weights.
+    (tmp_path / "run").mkdir()
+    torch.save({"args": {"family": "showo"}}, tmp_path / "run" / "state.pt")
+    with pytest.raises(SystemExit):
+        pretrain_main(["--out", str(tmp_path / "run"), "--vq-steps", "1", "--lm-steps", "1"])
+    assert "is a showo run; use another --out or --fresh" in capsys.readouterr().err

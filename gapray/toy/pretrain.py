@@ -241,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     state = {"stage": "vq", "step": 0, "elapsed": 0.0}
     if state_path.exists() and not args.fresh:
         saved = torch.load(state_path, map_location=device, weights_only=False)
+        family = saved.get("args", {}).get("family", "janus")
+        if family != "janus":
+            parser.error(f"{state_path} is a {family} run; use another --out or --fresh")
         model.load_state_dict(saved["model"])
         vq_opt.load_state_dict(saved["vq_opt"])
         lm_opt.load_state_dict(saved["lm_opt"])

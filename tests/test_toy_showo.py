@@ -21,7 +21,7 @@ from gapray.toy.pretrain import main as pretrain_main
 from gapray.toy.pretrain_lm import by_tag, draw_prompts, gen_batch
 from gapray.toy.pretrain_showo import mask_batch, mask_loss, und_batch, und_losses
 from gapray.toy.pretrain_showo_run import toy_showo
-from gapray.toy.world import caption, make_splits
+from gapray.toy.world import colour_caption, make_splits
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_vocabulary_covers_every_prompt_caption_and_the_judge_prompt(adapter):
     tok, unk = adapter.tokenizer, adapter.tokenizer.convert_tokens_to_ids("<unk>")
     rng = np.random.default_rng(0)
     splits = make_splits(0)
-    texts = [p.text for ps in splits.values() for p in ps] + [caption(rng, 0).text for _ in range(200)]
+    texts = [p.text for ps in splits.values() for p in ps] + [colour_caption(rng, 0).text for _ in range(200)]
     judged = [adapter.judge_template.format(question=adapter.question.format(prompt=t)) for t in texts]
     ids = tok(judged, add_special_tokens=False)["input_ids"]
     assert not [t for t, row in zip(judged, ids, strict=True) if unk in row]

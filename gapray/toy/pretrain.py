@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ from gapray.toy.pretrain_lm import (
     und_losses,
 )
 from gapray.toy.pretrain_vq import random_scenes, reconstruction_accuracy, vq_step
+from gapray.toy.recipe_state import RecipeState
 from gapray.toy.world import NEAR_MISS_KINDS, make_splits
 
 MODEL_CONFIG = dict(
@@ -185,12 +185,6 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(1.0, frac))))
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def lm_params(adapter: JanusAdapter) -> list[torch.nn.Parameter]:
     """Everything but the VQ (frozen after stage 1; Janus's VQ is frozen too)."""
     return [p for n, p in adapter.model.named_parameters() if ".vqmodel." not in f".{n}"]
@@ -238,45 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     vq_opt = torch.optim.Adam(model.model.vqmodel.parameters(), lr=2e-3)
     lm_opt = torch.optim.AdamW(lm_params(adapter), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng = np.random.default_rng(args.seed)
-    state = {"stage": "vq", "step": 0, "elapsed": 0.0}
-    if state_path.exists() and not args.fresh:
-        saved = torch.load(state_path, map_location=device, weights_only=False)
-        family = saved.get("args", {}).get("family", "janus")
-        if family != "janus":
-            parser.error(f"{state_path} is a {family} run; use another --out or --fresh")
-        model.load_state_dict(saved["model"])
-        vq_opt.load_state_dict(saved["vq_opt"])
-        lm_opt.load_state_dict(saved["lm_opt"])
-        rng.bit_generator.state = saved["rng"]
-        torch.set_rng_state(saved["torch_rng"].cpu())
-        state = saved["progress"]
-        print(f"[pretrain] resumed {state_path}: stage {state['stage']} step {state['step']}", flush=True)
+    rs = RecipeState(state_path, "janus", model, {"vq_opt": vq_opt, "lm_opt": lm_opt}, rng, args, "vq")
+    if not args.fresh:
+        try:
+            rs.resume(device)
+        except ValueError as err:
+            parser.error(str(err))
+    state = rs.progress
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[pretrain] {n_params / 1e6:.2f}M parameters on {device}; out {out}", flush=True)
-
-    start = time.perf_counter() - state["elapsed"]
-    last_save = time.perf_counter()
-
-    def save() -> None:
-        state["elapsed"] = time.perf_counter() - start
-        _atomic_save(
-            {
-                "model": model.state_dict(),
-                "vq_opt": vq_opt.state_dict(),
-                "lm_opt": lm_opt.state_dict(),
-                "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-                "progress": dict(state),
-                "args": vars(args),
-            },
-            state_path,
-        )
+    start, save = rs.start, rs.save
 
     def maybe_save() -> None:
-        nonlocal last_save
-        if time.perf_counter() - last_save > 60 * args.save_every:
-            save()
-            last_save = time.perf_counter()
+        rs.maybe_save(args.save_every)
 
     # --- stage 1: VQ -------------------------------------------------------------------------
     if state["stage"] == "vq":

@@ -47,6 +47,7 @@ from gapray.toy.pretrain_lfq import lfq_round_trip_accuracy, lfq_step
 from gapray.toy.pretrain_lm import by_tag, draw_prompts, gen_batch, gen_prompts, quick_understanding
 from gapray.toy.pretrain_showo import mask_batch, mask_loss, und_batch, und_losses
 from gapray.toy.pretrain_vq import random_scenes
+from gapray.toy.recipe_state import RecipeState
 from gapray.toy.world import SHAPES, make_splits
 
 FAMILY = "showo"
@@ -112,7 +113,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 def run(args: argparse.Namespace, negatives: dict[str, float]) -> int:
     """The two stages and the final checkpoint (module docstring); args as pretrain.py parses them."""
-    from gapray.toy.pretrain import _atomic_save, lr_at
+    from gapray.toy.pretrain import lr_at
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -127,47 +128,19 @@ def run(args: argparse.Namespace, negatives: dict[str, float]) -> int:
     vq_opt = torch.optim.Adam(model.vq_model.parameters(), lr=LFQ_LR)
     lm_opt = torch.optim.AdamW(lm_trainable, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng = np.random.default_rng(args.seed)
-    state = {"stage": "lfq", "step": 0, "elapsed": 0.0}
-    if state_path.exists() and not args.fresh:
-        saved = torch.load(state_path, map_location=device, weights_only=False)
-        family = saved.get("args", {}).get("family", "janus")
-        if family != FAMILY:
-            raise SystemExit(
-                f"gapray toy pretrain: {state_path} is a {family} run; use another --out or --fresh"
-            )
-        model.load_state_dict(saved["model"])
-        vq_opt.load_state_dict(saved["vq_opt"])
-        lm_opt.load_state_dict(saved["lm_opt"])
-        rng.bit_generator.state = saved["rng"]
-        torch.set_rng_state(saved["torch_rng"].cpu())
-        state = saved["progress"]
-        print(f"[pretrain] resumed {state_path}: stage {state['stage']} step {state['step']}", flush=True)
+    rs = RecipeState(state_path, FAMILY, model, {"vq_opt": vq_opt, "lm_opt": lm_opt}, rng, args, "lfq")
+    if not args.fresh:
+        try:
+            rs.resume(device)
+        except ValueError as err:
+            raise SystemExit(f"gapray toy pretrain: {err}") from None
+    state = rs.progress
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[pretrain] toy Show-o, {n_params / 1e6:.2f}M parameters on {device}; out {out}", flush=True)
-
-    start = time.perf_counter() - state["elapsed"]
-    last_save = time.perf_counter()
-
-    def save() -> None:
-        state["elapsed"] = time.perf_counter() - start
-        _atomic_save(
-            {
-                "model": model.state_dict(),
-                "vq_opt": vq_opt.state_dict(),
-                "lm_opt": lm_opt.state_dict(),
-                "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-                "progress": dict(state),
-                "args": vars(args),
-            },
-            state_path,
-        )
+    start, save = rs.start, rs.save
 
     def maybe_save() -> None:
-        nonlocal last_save
-        if time.perf_counter() - last_save > 60 * args.save_every:
-            save()
-            last_save = time.perf_counter()
+        rs.maybe_save(args.save_every)
 
     # --- stage 1: the LFQ tokenizer -----------------------------------------------------------
     if state["stage"] == "lfq":

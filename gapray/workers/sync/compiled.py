@@ -174,26 +174,17 @@ class CompiledSync(WeightSync):
         for i in range(1, head.buckets):
             reports.append(self._run(graph, PushRequest(version, i, self.bucket_mb), len(actors)))
         acks = [r.ack for r in reports[-1] if r.ack is not None]
-        if len(acks) != len(actors) or any(a.version != version for a in acks):
-            raise RuntimeError(
-                f"weight sync: workers report versions {[a.version for a in acks]}, expected {version} "
-                f"from {len(actors)} workers"
-            )
-        self.version = version
-        seconds = time.perf_counter() - t0
-        nodes = {p.get("node_id") for p in learner_group.placement[:1]}
-        nodes |= {a.node_id for a in acks if a.buckets}
-        peaks = [a.peak_extra_bytes for a in acks if a.peak_extra_bytes is not None]
+        nodes, peak = self._accept(version, acks, len(actors), learner_group)
         return SyncStats(
             version,
             head.bytes,
             head.buckets,
-            seconds,
-            nodes=len(nodes),
+            time.perf_counter() - t0,
+            nodes=nodes,
             tensors=head.tensors,
             trainable=head.trainable,
             largest_bucket_bytes=max((a.largest_bucket_bytes for a in acks), default=0),
-            peak_extra_bytes=max(peaks) if peaks else None,
+            peak_extra_bytes=peak,
             export_s=sum(rs[0].learner_s for rs in reports),
             apply_s=max((a.seconds for a in acks), default=0.0),
             channel_bytes=self.channel_bytes,

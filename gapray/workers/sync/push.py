@@ -135,27 +135,35 @@ class WeightSync:
             pool.current = (version, replay)
         acks: list[SyncAck] = [r for r in ray.get(calls) if r is not None]
         stream.finish()  # after the acks: the stream's end is not on the critical path
-        if len(acks) != len(actors) or any(a.version != version for a in acks):
-            raise RuntimeError(
-                f"weight sync: workers report versions {[a.version for a in acks]}, expected {version} "
-                f"from {len(actors)} workers"
-            )
-        self.version = version
-        seconds = time.perf_counter() - t0
-        nodes = {p.get("node_id") for p in learner_group.placement[:1]}
-        nodes |= {a.node_id for a in acks if a.buckets}
-        peaks = [a.peak_extra_bytes for a in acks if a.peak_extra_bytes is not None]
+        nodes, peak = self._accept(version, acks, len(actors), learner_group)
         return SyncStats(
             version,
             manifest.bytes,
             len(refs),
-            seconds,
-            nodes=len(nodes),
+            time.perf_counter() - t0,
+            nodes=nodes,
             tensors=len(manifest.names),
             trainable=manifest.trainable,
             largest_bucket_bytes=manifest.largest_bucket_bytes,
-            peak_extra_bytes=max(peaks) if peaks else None,
+            peak_extra_bytes=peak,
             manifest_s=t_manifest - t0,
             export_s=t_exported - t0,
             apply_s=max((a.seconds for a in acks), default=0.0),
         )
+
+    def _accept(
+        self, version: int, acks: list[SyncAck], workers: int, learner_group
+    ) -> tuple[int, int | None]:
+        """Check that every worker acknowledged `version`, make it the policy version, and
+        return (nodes the push touched, the receivers' largest peak extra memory or None).
+        Every transport ends its push here."""
+        if len(acks) != workers or any(a.version != version for a in acks):
+            raise RuntimeError(
+                f"weight sync: workers report versions {[a.version for a in acks]}, expected {version} "
+                f"from {workers} workers"
+            )
+        self.version = version
+        nodes = {p.get("node_id") for p in learner_group.placement[:1]}
+        nodes |= {a.node_id for a in acks if a.buckets}
+        peaks = [a.peak_extra_bytes for a in acks if a.peak_extra_bytes is not None]
+        return len(nodes), max(peaks) if peaks else None

@@ -435,34 +435,41 @@ class _FakePool:
 
 
 def test_the_driver_refuses_an_export_that_does_not_match_its_manifest(monkeypatch):
-    """WeightSync.push reads the manifest first, then takes exactly as many bucket refs as it
-    lists: fewer, more, or a bucket before the manifest are named errors (Ray's get is the
-    identity here: the 'refs' are the items themselves)."""
+    """WeightSync.push forwards the lead bucket (the manifest with bucket 0), reads the manifest
+    next, then takes exactly as many more bucket refs as it lists: fewer, more, a second item
+    that is not the manifest, or nothing at all are named errors (Ray's get is the identity
+    here: the 'refs' are the items themselves)."""
     import ray
 
     from gapray.config import load_config
     from gapray.workers.generation import GenerationWorker
-    from gapray.workers.sync import WeightSync
+    from gapray.workers.sync import LeadBucket, WeightSync, lead_first
 
     monkeypatch.setattr(ray, "get", lambda x: x)
     learner = tiny_janus(seed=0)
     learner.set_trainable("llm")
     cfg = load_config(["model=tiny"])
     worker = GenerationWorker(cfg.model, cfg.generation)
-    manifest, *buckets = WeightExporter().export(learner.model, bucket_mb=0.05)
+    items = list(lead_first(WeightExporter().export(learner.model, bucket_mb=0.05)))
+    lead, manifest, *rest = items
+    assert (
+        isinstance(lead, LeadBucket)
+        and lead.manifest is manifest
+        and len(rest) == len(manifest.buckets) - 1 > 0
+    )
     pool = _FakePool([_FakeWorker(worker)])
     with pytest.raises(RuntimeError, match="yielded 1 bucket"):
-        WeightSync(0.05).push(_FakeGroup([manifest, buckets[0]]), [pool])
+        WeightSync(0.05).push(_FakeGroup([lead, manifest]), [pool])
     with pytest.raises(RuntimeError, match="beyond its manifest"):
-        WeightSync(0.05).push(_FakeGroup([manifest, *buckets, buckets[0]]), [pool])
-    with pytest.raises(RuntimeError, match="WireBucket before its manifest"):
-        WeightSync(0.05).push(_FakeGroup(buckets), [pool])
-    with pytest.raises(RuntimeError, match="nothing"):
+        WeightSync(0.05).push(_FakeGroup([*items, rest[0]]), [pool])
+    with pytest.raises(RuntimeError, match="yielded WireBucket for its manifest"):
+        WeightSync(0.05).push(_FakeGroup([lead, *rest]), [pool])
+    with pytest.raises(RuntimeError, match="no lead bucket"):
         WeightSync(0.05).push(_FakeGroup([]), [pool])
     fresh = GenerationWorker(cfg.model, cfg.generation)
     sync = WeightSync(0.05)
-    stats = sync.push(_FakeGroup([manifest, *buckets]), [_FakePool([_FakeWorker(fresh)])])
-    assert stats.version == sync.version == fresh.version == 1 and stats.buckets == len(buckets)
+    stats = sync.push(_FakeGroup(items), [_FakePool([_FakeWorker(fresh)])])
+    assert stats.version == sync.version == fresh.version == 1 and stats.buckets == len(manifest.buckets)
     assert stats.manifest_s <= stats.export_s <= stats.seconds
 
 

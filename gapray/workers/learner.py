@@ -355,13 +355,18 @@ class LearnerWorker:
     # ---------------------------------------------------------------------- sync and checkpoint
     def export_weights(self, bucket_mb: float, full: bool = False):
         """The trainable tensors that changed since the last export (all of them with `full`),
-        as a generator (a Ray streaming method): rank 0 yields the SyncManifest (small: it
-        returns inline), then each bucket as soon as it is gathered; the other ranks yield
-        nothing but must run it too, in step (an FSDP2 DTensor's gather is a collective). See
+        as a generator (a Ray streaming method): rank 0 yields the LeadBucket (the manifest
+        with bucket 0) as soon as bucket 0 is gathered, the SyncManifest alone (small: it returns
+        inline), then each later bucket (sync.export.lead_first); the other ranks yield nothing
+        but must run it too, in step (an FSDP2 DTensor's gather is a collective). See
         sync.WeightExporter."""
-        yield from self._exporter().export(
-            self.policy.model, bucket_mb, emit=self.rank == 0, full=full, params=self.named_params
-        )  # named_params: what the optimizer trains, held, so no walk of the module tree per push
+        from gapray.workers.sync.export import lead_first
+
+        yield from lead_first(
+            self._exporter().export(
+                self.policy.model, bucket_mb, emit=self.rank == 0, full=full, params=self.named_params
+            )  # named_params: what the optimizer trains, held, so no walk of the module tree per push
+        )
 
     def _exporter(self):
         from gapray.workers.sync import WeightExporter
@@ -573,8 +578,8 @@ class LearnerGroup:
         return results[0]  # metrics are all-reduced: every rank reports the same
 
     def export_weights(self, bucket_mb: float, full: bool = False):
-        """Start the export on every rank; an ExportStream over rank 0's refs (the manifest's,
-        then each bucket's)."""
+        """Start the export on every rank; an ExportStream over rank 0's refs (the LeadBucket's,
+        the manifest's, then each later bucket's)."""
         from gapray.workers.sync import ExportStream
 
         gens = [

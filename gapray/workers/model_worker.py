@@ -20,6 +20,7 @@ import torch
 from gapray.workers.sync import (
     TORN,
     BucketReceiver,
+    LeadBucket,
     LoraMergeState,
     SyncAck,
     SyncManifest,
@@ -119,11 +120,16 @@ class ModelWorker:
     @exclusive
     def apply_bucket(self, version: int, bucket, manifest: SyncManifest | None = None) -> SyncAck | None:
         """Copy one bucket in place (checked first: a refused bucket changes nothing); the ack
-        after the manifest's last. The first bucket's call brings the update's manifest (as
-        WeightSync and load_weights pass it): begin_update checks it whole first.
+        after the manifest's last. The first bucket's call brings the update's manifest (a
+        LeadBucket under WeightSync, or beside it as load_weights passes a compiled-graph
+        replay's): begin_update checks it whole first.
         A push with no buckets arrives as its manifest alone (then this is begin_update). A
         failure after an earlier bucket of the update went in leaves the worker TORN (it holds
         part of the update) until a replay."""
+        if isinstance(bucket, LeadBucket):  # the manifest and bucket 0 in one object
+            manifest, bucket = bucket.manifest, bucket.bucket
+            if bucket is None:  # nothing changed: the manifest alone moves the version
+                return self.begin_update(version, manifest)
         if isinstance(bucket, SyncManifest):
             return self.begin_update(version, bucket)
         if manifest is not None:

@@ -39,8 +39,10 @@ the largest message a push can send before the compile, and refuses a larger one
 
 The package, one side per file:
 
-- `wire.py`: what a push carries (TensorSpec, SyncManifest, WireBucket; copy_into, same_bytes);
-- `export.py`: the learner's side (WeightExporter; ExportStream on the driver over its refs);
+- `wire.py`: what a push carries (TensorSpec, SyncManifest, WireBucket, LeadBucket; copy_into,
+  same_bytes);
+- `export.py`: the learner's side (WeightExporter; lead_first, the object store's order;
+  ExportStream on the driver over its refs);
 - `receive.py`: a worker's side (BucketReceiver, PeakMemory, SyncAck, check_manifest);
 - `push.py`: the driver's side (WeightSync, the policy version's one owner; WeightLedger; SyncStats);
 - `compiled.py`: the compiled-graph transport (`sync.transport=compiled_graph`): its messages and
@@ -50,7 +52,7 @@ The package, one side per file:
 """
 
 from gapray.workers.sync.compiled import BucketReport, CompiledSync, PushItem, PushRequest
-from gapray.workers.sync.export import CompiledExport, ExportStream, WeightExporter
+from gapray.workers.sync.export import CompiledExport, ExportStream, WeightExporter, lead_first
 from gapray.workers.sync.push import SyncStats, WeightLedger, WeightSync
 from gapray.workers.sync.receive import BucketReceiver, PeakMemory, SyncAck, check_manifest
 from gapray.workers.sync.update import (
@@ -67,6 +69,7 @@ from gapray.workers.sync.update import (
 )
 from gapray.workers.sync.wire import (
     TORN,
+    LeadBucket,
     SyncManifest,
     TensorSpec,
     WireBucket,
@@ -95,6 +98,7 @@ __all__ = [
     "CompiledExport",
     "CompiledSync",
     "ExportStream",
+    "LeadBucket",
     "LoraMergeState",
     "PeakMemory",
     "PushItem",
@@ -115,6 +119,7 @@ __all__ = [
     "check_manifest",
     "check_update",
     "copy_into",
+    "lead_first",
     "lora_target",
     "make_sync",
     "pack_buckets",

@@ -16,6 +16,7 @@ import torch
 
 from gapray.workers.sync.update import lora_target
 from gapray.workers.sync.wire import (
+    LeadBucket,
     SyncManifest,
     TensorSpec,
     WireBucket,
@@ -203,10 +204,28 @@ class WeightExporter:
         return kept
 
 
+def lead_first(
+    items: Iterator[SyncManifest | WireBucket],
+) -> Iterator[SyncManifest | WireBucket | LeadBucket]:
+    """An export's items as the object-store transport streams them: a LeadBucket (the manifest
+    with bucket 0, one object the workers start on), then the manifest alone (small: it returns
+    inline, the driver's copy for its ledger and stats), then buckets 1.. . A rank that emits
+    nothing yields nothing (its export still runs to the end: the gathers are collectives)."""
+    manifest = next(items, None)
+    if manifest is None:
+        return
+    if not isinstance(manifest, SyncManifest):
+        raise RuntimeError(f"weight export: yielded {type(manifest).__name__} before its manifest")
+    first = next(items, None) if manifest.buckets else None
+    yield LeadBucket(manifest, first)
+    yield manifest
+    yield from items
+
+
 class ExportStream:
     """Driver-side view of one export from every learner rank: iterating it gives rank 0's
-    refs as its export yields them (the manifest's first, then each bucket's as soon as it is
-    in the object store); `finish()` checks that rank 0 yielded nothing more and waits for the
+    refs as its export yields them (`lead_first`'s order: the LeadBucket's as soon as it is in
+    the object store, the manifest's, then each later bucket's); `finish()` checks that rank 0 yielded nothing more and waits for the
     other ranks' exports (which yield nothing), raising their errors."""
 
     def __init__(self, first, others: list):

@@ -55,7 +55,9 @@ class SyncStats:
     trainable: int = 0  # trainable tensors the learner holds
     largest_bucket_bytes: int = 0
     peak_extra_bytes: int | None = None  # the largest receiver's PeakMemory over this sync
-    manifest_s: float = 0.0  # from the start until the manifest was in hand (compared, nothing gathered)
+    manifest_s: float = 0.0
+    """From the start until the manifest was in hand: under object_store the lead bucket (bucket 0
+    with the manifest) is then already forwarded to the workers."""
     export_s: float = 0.0  # ... until every bucket's ref was (gathered, put)
     apply_s: float = 0.0  # the slowest worker's own time, from the manifest to its last bucket
     channel_bytes: int | None = None
@@ -95,39 +97,36 @@ class WeightSync:
 
     def push(self, learner_group, targets: list) -> SyncStats:
         """Export the changed trainable weights once (every learner rank takes part), forward each
-        bucket to every target worker as soon as it is in the object store (the manifest rides by
-        value on the first bucket's call; each worker checks it whole before applying anything),
-        wait for every
-        worker's acknowledgement of the new version. The pools learn the ledger's replay before
-        any ack is awaited, so a worker that dies during the push is replaced at this version."""
+        bucket to every target worker as soon as it is in the object store, unread (the first
+        is a LeadBucket: the manifest with bucket 0, so the workers start on one object and each
+        checks the manifest whole before applying anything), wait for every worker's
+        acknowledgement of the new version. The pools learn the ledger's replay before any ack
+        is awaited, so a worker that dies during the push is replaced at this version."""
         import ray
 
         t0 = time.perf_counter()
         version = self.version + 1
         stream = learner_group.export_weights(self.bucket_mb)
-        try:
-            manifest = ray.get(next(stream))  # small: inline in the generator's first report
-        except StopIteration:
-            raise RuntimeError("weight export: rank 0 yielded nothing (not even a manifest)") from None
-        if not isinstance(manifest, SyncManifest):
-            raise RuntimeError(f"weight export: rank 0 yielded {type(manifest).__name__} before its manifest")
-        t_manifest = time.perf_counter()
         actors = [a for pool in targets for a in pool.actors]
-        refs: list = []
-        if not manifest.buckets:  # nothing changed: the manifest alone moves the version
-            calls = [a.apply_bucket.remote(version, manifest) for a in actors]
-        else:
-            calls = []
-            for i in range(len(manifest.buckets)):
-                try:
-                    ref = next(stream)  # forwarded unread, as soon as it is in the object store
-                except StopIteration:
-                    raise RuntimeError(
-                        f"weight export: rank 0 yielded {i} bucket(s), its manifest lists "
-                        f"{len(manifest.buckets)}"
-                    ) from None
-                refs.append(ref)
-                calls += [a.apply_bucket.remote(version, ref, manifest if i == 0 else None) for a in actors]
+        try:
+            lead = next(stream)  # forwarded unread, as soon as it is in the object store
+            calls = [a.apply_bucket.remote(version, lead) for a in actors]
+            manifest = ray.get(next(stream))  # small: inline in the generator's report
+        except StopIteration:
+            raise RuntimeError("weight export: rank 0 yielded no lead bucket and manifest") from None
+        if not isinstance(manifest, SyncManifest):
+            raise RuntimeError(f"weight export: rank 0 yielded {type(manifest).__name__} for its manifest")
+        t_manifest = time.perf_counter()
+        refs: list = [lead]
+        for i in range(1, len(manifest.buckets)):
+            try:
+                ref = next(stream)  # forwarded unread, as soon as it is in the object store
+            except StopIteration:
+                raise RuntimeError(
+                    f"weight export: rank 0 yielded {i} bucket(s), its manifest lists {len(manifest.buckets)}"
+                ) from None
+            refs.append(ref)
+            calls += [a.apply_bucket.remote(version, ref) for a in actors]
         t_exported = time.perf_counter()
         self.ledger.record(version, manifest, refs)
         replay = self.ledger.replay()
@@ -139,7 +138,7 @@ class WeightSync:
         return SyncStats(
             version,
             manifest.bytes,
-            len(refs),
+            len(manifest.buckets),
             time.perf_counter() - t0,
             nodes=nodes,
             tensors=len(manifest.names),

@@ -113,6 +113,18 @@ class WireBucket:
         return out
 
 
+@dataclass(frozen=True)
+class LeadBucket:
+    """A push's first item under sync.transport=object_store: its manifest and its first bucket
+    (None when nothing changed) in one object. The driver forwards its ref to every worker
+    without reading it, so the workers start as soon as the learner has put it (no round trip
+    through the driver for the manifest first); a worker checks the manifest whole before the
+    bucket touches anything."""
+
+    manifest: SyncManifest
+    bucket: WireBucket | None
+
+
 def as_bytes_array(t: torch.Tensor):
     """A contiguous CPU tensor's bytes as a flat uint8 numpy array (a view, no copy)."""
     return t.reshape(-1).view(torch.uint8).numpy()

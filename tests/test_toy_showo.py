@@ -142,8 +142,9 @@ def test_smoke_pretrain_trains_both_stages_saves_loads_and_resumes(tmp_path, mon
     assert pretrain_main(args) == 0
     log = capsys.readouterr().out
     assert "resumed" in log and "stage lm step 3" in log and "[lm 6/6]" in log and "[lfq" not in log
-    rec = [float(x) for x in re.findall(r"\[lfq \d+/6\] \d+s rec ([\d.]+)", first)]
+    rec = [float(x) for x in re.findall(r"\[lfq [36]/9\] \d+s rec ([\d.]+)", first)]
     assert len(rec) == 2 and rec[1] < rec[0], first  # the tokenizer's reconstruction falls
+    assert "[lfq 9/9]" in first and "(decoder polish)" in first  # then 3 polish steps
 
     ckpt = out / "checkpoint"
     settings = json.loads((ckpt / "gapray_adapter.json").read_text())
@@ -176,3 +177,23 @@ def test_the_janus_recipe_refuses_a_show_o_state(tmp_path, capsys):
     with pytest.raises(SystemExit):
         pretrain_main(["--out", str(tmp_path / "run"), "--vq-steps", "1", "--lm-steps", "1"])
     assert "is a showo run; use another --out or --fresh" in capsys.readouterr().err
+
+
+def test_the_lfq_decoder_loss_weights_the_pixels_an_object_covers():
+    """The polish is half the LFQ steps; one object on an empty scene: its pixels weigh
+    FOREGROUND_WEIGHT, every other pixel 1, and the object covers part of its own cell only."""
+    from gapray.toy.pretrain_lfq import FOREGROUND_WEIGHT, foreground_weights, polish_steps
+    from gapray.toy.pretrain_vq import to_pixels
+    from gapray.toy.world import Scene, ToyObject
+
+    empty, one = to_pixels([Scene(), Scene((ToyObject("circle", "red", 1, 2),))])
+    assert [polish_steps(n) for n in (1500, 6, 1)] == [750, 3, 0]
+    w = foreground_weights(torch.stack([empty, one]))
+    assert w.shape == (2, 1, 32, 32)
+    assert torch.all(w[0] == 1.0)  # the empty scene: nothing covered
+    covered = (w[1, 0] == FOREGROUND_WEIGHT).nonzero()
+    assert torch.all(w[1, 0][w[1, 0] != FOREGROUND_WEIGHT] == 1.0)
+    rows, cols = covered[:, 0], covered[:, 1]
+    assert rows.min() >= 8 and rows.max() < 16 and cols.min() >= 16 and cols.max() < 24  # cell (1, 2)
+    differs = (one - empty).abs().sum(0) > 1e-3
+    assert len(covered) == int(differs.sum()) > 0

@@ -12,7 +12,13 @@ z_channels latents (most significant bit first) and its embedding the bits as +-
 cell-aligned and the tokenizer downsamples by 8, so one token is one cell and its code is the
 cell's content id (`cell_codes`: 0 empty, 1 + 6 x shape + colour; 49 of the 2^z_channels codes):
 
-- decoder: the content's +-1 bits -> pixels, MSE + L1 against the rendered scene;
+- decoder: the content's +-1 bits -> pixels, MSE + L1 against the rendered scene; then a
+  polish of the decoder alone (`polish_steps`: half the stage's steps more, its own optimizer
+  and warmup-cosine schedule) in which each pixel an object covers weighs FOREGROUND_WEIGHT
+  times a background pixel. Most of a scene is background: unweighted, the decoder's colours
+  drifted (red read as orange, blue as purple; round trip 0.83 after 1,500 steps), weighted
+  from the start it painted blobs the detector reads as squares (0.25), weighted over the
+  stage's low-lr last third it still lost purple shapes (0.87); docs/toy_recipe_notebook.md, S1-S4;
 - encoder: a logistic loss per bit on the latents (sign = the content's bit), so the
   quantizer's sign read-out (`MagvitV2.encode`) returns the ids the decoder was trained on.
 
@@ -30,12 +36,32 @@ from gapray.models.showo import ShowoAdapter
 from gapray.toy.pretrain_vq import N_CELL_CONTENTS, _cell, cell_codes, random_scenes, to_pixels
 from gapray.toy.world import Scene
 
+FOREGROUND_WEIGHT = 5.0
+"""Weight of a pixel an object covers in the decoder's loss (a background pixel weighs 1)."""
+
+
+POLISH_LR = 1e-3
+"""Peak learning rate of the decoder's polish (warmup-cosine over `polish_steps`)."""
+
+
+def polish_steps(vq_steps: int) -> int:
+    """Decoder-only polish steps after `vq_steps` LFQ steps: half as many (750 after 1,500)."""
+    return vq_steps // 2
+
+
+def foreground_weights(pixels: torch.Tensor, weight: float = FOREGROUND_WEIGHT) -> torch.Tensor:
+    """(B, 1, H, W): `weight` where a scene's pixels differ from the empty scene's, else 1."""
+    empty = to_pixels([Scene()]).to(pixels.device)  # (1, 3, H, W)
+    covered = (pixels - empty).abs().sum(1, keepdim=True) > 1e-3
+    return 1.0 + (weight - 1.0) * covered.float()
+
 
 def lfq_step(
-    adapter: ShowoAdapter, scenes: list[Scene], device: torch.device | str = "cpu"
+    adapter: ShowoAdapter, scenes: list[Scene], device: torch.device | str = "cpu", fg_weight: float = 1.0
 ) -> tuple[torch.Tensor, dict]:
-    """One supervised LFQ step on a batch of scenes (module docstring). Returns (loss, stats);
-    an error when the tokenizer has fewer codes than the world's N_CELL_CONTENTS cell contents."""
+    """One supervised LFQ step on a batch of scenes (module docstring), covered pixels weighing
+    `fg_weight` in the decoder's loss. Returns (loss, stats); an error when the tokenizer has
+    fewer codes than the world's N_CELL_CONTENTS cell contents."""
     vq = adapter.model.vq_model
     if vq.config.codebook_size < N_CELL_CONTENTS:
         raise ValueError(
@@ -46,7 +72,8 @@ def lfq_step(
     codes = cell_codes(scenes).to(device)  # (B, 16)
     bits = vq.quantize.codes_to_latents(codes)  # (B, z, 4, 4), +-1
     recon = vq.decoder(bits)  # (B, 3, 32, 32)
-    rec = F.mse_loss(recon, pixels) + F.l1_loss(recon, pixels)
+    w = foreground_weights(pixels, fg_weight)
+    rec = ((recon - pixels) ** 2 * w).mean() + ((recon - pixels).abs() * w).mean()
     z = vq.encoder(pixels)  # (B, z, 4, 4)
     enc = F.binary_cross_entropy_with_logits(z, (bits > 0).float())
     acc = (vq.quantize.indices(z) == codes).float().mean().item()

@@ -43,7 +43,13 @@ from gapray.models.showo import (
     phi_config,
     tiny_tokenizer,
 )
-from gapray.toy.pretrain_lfq import lfq_round_trip_accuracy, lfq_step
+from gapray.toy.pretrain_lfq import (
+    FOREGROUND_WEIGHT,
+    POLISH_LR,
+    lfq_round_trip_accuracy,
+    lfq_step,
+    polish_steps,
+)
 from gapray.toy.pretrain_lm import by_tag, draw_prompts, gen_batch, gen_prompts, quick_understanding
 from gapray.toy.pretrain_showo import mask_batch, mask_loss, und_batch, und_losses
 from gapray.toy.pretrain_vq import random_scenes
@@ -126,9 +132,18 @@ def run(args: argparse.Namespace, negatives: dict[str, float]) -> int:
     adapter.set_trainable("all")  # the Phi backbone and head; the tokenizer stays frozen
     lm_trainable = list(adapter.trainable_parameters().values())
     vq_opt = torch.optim.Adam(model.vq_model.parameters(), lr=LFQ_LR)
+    polish_opt = torch.optim.Adam(model.vq_model.decoder.parameters(), lr=POLISH_LR)
     lm_opt = torch.optim.AdamW(lm_trainable, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng = np.random.default_rng(args.seed)
-    rs = RecipeState(state_path, FAMILY, model, {"vq_opt": vq_opt, "lm_opt": lm_opt}, rng, args, "lfq")
+    rs = RecipeState(
+        state_path,
+        FAMILY,
+        model,
+        {"vq_opt": vq_opt, "polish_opt": polish_opt, "lm_opt": lm_opt},
+        rng,
+        args,
+        "lfq",
+    )
     if not args.fresh:
         try:
             rs.resume(device)
@@ -146,18 +161,27 @@ def run(args: argparse.Namespace, negatives: dict[str, float]) -> int:
     if state["stage"] == "lfq":
         model.vq_model.requires_grad_(True)  # set_trainable("all") froze it: it trains here only
         model.vq_model.train()
-        while state["step"] < args.vq_steps:
-            for g in vq_opt.param_groups:
-                g["lr"] = lr_at(state["step"], args.vq_steps, LFQ_LR)
-            loss, st = lfq_step(adapter, random_scenes(rng, args.batch, 12), device=device)
-            vq_opt.zero_grad(set_to_none=True)
+        polish = polish_steps(args.vq_steps)
+        total = args.vq_steps + polish
+        while state["step"] < total:
+            s = state["step"]
+            if s < args.vq_steps:  # the tokenizer: encoder and decoder, plain pixel loss
+                opt, lr, fg = vq_opt, lr_at(s, args.vq_steps, LFQ_LR), 1.0
+            else:  # the decoder's polish: covered pixels weighted, the encoder frozen
+                model.vq_model.encoder.requires_grad_(False)
+                opt, lr, fg = polish_opt, lr_at(s - args.vq_steps, polish, POLISH_LR), FOREGROUND_WEIGHT
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss, st = lfq_step(adapter, random_scenes(rng, args.batch, 12), device=device, fg_weight=fg)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            vq_opt.step()
+            opt.step()
             state["step"] += 1
-            if state["step"] % args.log_every == 0 or state["step"] == args.vq_steps:
+            if state["step"] % args.log_every == 0 or state["step"] in (args.vq_steps, total):
                 print(
-                    f"[lfq {state['step']}/{args.vq_steps}] {time.perf_counter() - start:.0f}s "
-                    f"rec {st['rec']:.4f} enc {st['enc']:.4f} code_acc {st['code_acc']:.3f}",
+                    f"[lfq {state['step']}/{total}] {time.perf_counter() - start:.0f}s "
+                    f"rec {st['rec']:.4f} enc {st['enc']:.4f} code_acc {st['code_acc']:.3f}"
+                    + (" (decoder polish)" if s >= args.vq_steps else ""),
                     flush=True,
                 )
             maybe_save()

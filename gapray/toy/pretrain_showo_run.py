@@ -6,7 +6,8 @@ loads (gapray/toy/checkpoint_showo/): a small Show-o (Phi backbone, omni-attenti
 vocabulary of words, task tokens, LFQ codes and [MASK]) with its own MAGVIT-v2 LFQ tokenizer,
 32 px <-> 4 x 4 = 16 image tokens. Two stages, each resumable:
 
-1. `lfq` (pretrain_lfq.py): the tokenizer, one code per 8x8 cell (49 cell contents).
+1. `lfq` (pretrain_lfq.py): the tokenizer, one code per 8x8 cell (49 cell contents), --vq-steps
+   steps, then a decoder-only polish of half as many (covered pixels weighted, `polish_steps`).
 2. `lm`  (pretrain_showo.py): the Phi backbone and head; understanding (yes/no answer loss on
    exact-scene questions with near-miss negatives, the per-code naming loss) and mask-prediction
    generation with CFG dropout, the same flags and data rules as the Janus recipe.

@@ -2,7 +2,8 @@
 
 Where it sits: between the learner's exporter (gapray.workers.sync.export) and the workers'
 receivers (gapray.workers.sync.receive). A `SyncManifest` lists every tensor of a push, bucket
-by bucket, before any bucket travels; a `WireBucket` is one bucket's specs and each tensor's
+by bucket, and reaches a worker with the first bucket, before any bucket is applied (a
+`LeadBucket` under the object store); a `WireBucket` is one bucket's specs and each tensor's
 bytes as a numpy array, so Ray's object store moves them out of band with one copy on each
 side. `copy_into` and `same_bytes` are the exact byte copy and compare both sides use (one
 memmove / memcmp per tensor: torch's 2-thread copy waited on a descheduled thread at nice 15).

@@ -1,0 +1,172 @@
+"""Ray's floor for one weight push of the toy run's shape, by call shape (issue 13's sync bench).
+
+The pooled loop's sync moves ~4.2 MB in 47 tensors from the learner actor to two worker actors.
+This probe times that move with nothing of gapray's around it (numpy arrays, memcmp/memmove),
+so the loop bench's sync figure can be read against what Ray itself costs on this machine:
+
+    A  streaming generator: the manifest alone first, the driver reads it, then the bucket
+       (WeightSync before the lead bucket);
+    B  one plain actor call returning manifest and bucket as one object, forwarded unread;
+    C  streaming generator whose first item is manifest and bucket together, forwarded unread
+       (the lead bucket: WeightSync now);
+    D  one call with two returns (bucket+manifest, manifest), the bucket forwarded unread;
+    P  an empty actor call (the round-trip floor).
+
+    python benchmarks/ray_push_probe.py [--rounds 40]    # writes benchmarks/results/ray-push-probe-<ts>.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+TENSORS, BYTES = 47, 4_200_000
+
+
+def _libc():
+    c = ctypes.CDLL("libc.so.6")
+    for f in (c.memcmp, c.memmove):
+        f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return c
+
+
+@ray.remote
+class Learner:
+    def __init__(self):
+        self.c = _libc()
+        self.p = [np.random.rand(BYTES // TENSORS // 4).astype(np.float32) for _ in range(TENSORS)]
+        self.kept = [x.copy() for x in self.p]
+
+    def _step(self):  # an update changes every tensor; the export compares each with its kept copy
+        for x in self.p:
+            x[:1] += 1
+        return (
+            "manifest",
+            sum(
+                self.c.memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) != 0
+                for a, b in zip(self.p, self.kept, strict=True)
+            ),
+        )
+
+    def _keep(self):
+        for a, b in zip(self.kept, self.p, strict=True):
+            self.c.memmove(a.ctypes.data, b.ctypes.data, a.nbytes)
+
+    def manifest_first(self):
+        yield self._step()
+        yield [x.view(np.uint8) for x in self.p]
+        self._keep()
+
+    def bundle(self):
+        out = (self._step(), [x.view(np.uint8) for x in self.p])
+        self._keep()
+        return out
+
+    def lead_first(self):
+        yield (self._step(), [x.view(np.uint8) for x in self.p])
+        self._keep()
+
+    def two(self):
+        m = self._step()
+        out = ((m, [x.view(np.uint8) for x in self.p]), m)
+        self._keep()
+        return out
+
+    def ping(self):
+        return 1
+
+
+@ray.remote
+class Worker:
+    def __init__(self):
+        self.c = _libc()
+        self.p = [np.zeros(BYTES // TENSORS // 4, np.float32) for _ in range(TENSORS)]
+
+    def apply(self, data, manifest=None):
+        if isinstance(data, tuple):
+            _manifest, data = data
+        for a, b in zip(self.p, data, strict=True):
+            self.c.memmove(a.ctypes.data, b.ctypes.data, a.nbytes)
+        return 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    learner, workers = Learner.remote(), [Worker.remote() for _ in range(2)]
+    ray.get(learner.ping.remote())
+    ray.get([w.apply.remote([np.zeros(BYTES // TENSORS // 4 * 4, np.uint8)] * TENSORS) for w in workers])
+
+    def a():
+        s = learner.manifest_first.options(num_returns="streaming").remote()
+        m = ray.get(next(s))
+        ref = next(s)
+        ray.get([w.apply.remote(ref, m) for w in workers])
+        list(s)
+
+    def b():
+        ref = learner.bundle.remote()
+        ray.get([w.apply.remote(ref) for w in workers])
+
+    def c():
+        s = learner.lead_first.options(num_returns="streaming").remote()
+        ref = next(s)
+        ray.get([w.apply.remote(ref) for w in workers])
+        list(s)
+
+    def d():
+        lead, m = learner.two.options(num_returns=2).remote()
+        calls = [w.apply.remote(lead) for w in workers]
+        ray.get(m)
+        ray.get(calls)
+
+    def p():
+        ray.get(learner.ping.remote())
+
+    shapes = {
+        "A manifest first": a,
+        "B one object, plain call": b,
+        "C lead bucket (streamed)": c,
+        "D two returns": d,
+        "P empty call": p,
+    }
+    times = {k: [] for k in shapes}
+    for i in range(args.rounds):
+        for k, f in shapes.items():  # interleaved, so drifting load hits every shape alike
+            t = time.perf_counter()
+            f()
+            if i >= 5:
+                times[k].append(1000 * (time.perf_counter() - t))
+
+    load = os.getloadavg()[0]
+    lines = [
+        f"## Ray push probe: {BYTES / 1e6:.1f} MB in {TENSORS} arrays to 2 actors, {args.rounds - 5} rounds after 5 warm-up",
+        "",
+        f"Load average at the end {load:.2f}; ray {ray.__version__}.",
+        "",
+        "| call shape | median ms | mean ms | min ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for k, v in times.items():
+        lines.append(f"| {k} | {statistics.median(v):.2f} | {statistics.mean(v):.2f} | {min(v):.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"ray-push-probe-{time.strftime('%Y%m%d-%H%M%S')}.md"
+    path.write_text(text)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,7 @@ from gapray.models.tiny import tiny_janus
 from gapray.workers.sync import (
     BucketReceiver,
     ExportStream,
+    LeadBucket,
     PeakMemory,
     SyncManifest,
     TensorSpec,
@@ -206,7 +207,7 @@ def test_the_manifest_comes_first_and_rides_on_the_first_buckets_call_to_a_worke
     assert all(torch.equal(held[n], p) for n, p in learner.model.named_parameters() if p.requires_grad)
     [nothing] = ex.export(learner.model, bucket_mb=0.05)  # nothing changed: the manifest alone
     assert isinstance(nothing, SyncManifest) and nothing.names == []
-    ack = worker.apply_bucket(2, nothing)  # the manifest alone: the update, acknowledged
+    ack = worker.apply_bucket(2, LeadBucket(nothing, None))  # the manifest alone: the update, acknowledged
     assert ack.version == worker.version == 2 and ack.buckets == 0
     with torch.no_grad():
         dict(learner.model.named_parameters())[NORM].add_(1.0)

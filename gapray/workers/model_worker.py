@@ -123,15 +123,13 @@ class ModelWorker:
         after the manifest's last. The first bucket's call brings the update's manifest (a
         LeadBucket under WeightSync, or beside it as load_weights passes a compiled-graph
         replay's): begin_update checks it whole first.
-        A push with no buckets arrives as its manifest alone (then this is begin_update). A
-        failure after an earlier bucket of the update went in leaves the worker TORN (it holds
+        A push with no buckets arrives as a LeadBucket without one (then this is begin_update).
+        A failure after an earlier bucket of the update went in leaves the worker TORN (it holds
         part of the update) until a replay."""
         if isinstance(bucket, LeadBucket):  # the manifest and bucket 0 in one object
             manifest, bucket = bucket.manifest, bucket.bucket
             if bucket is None:  # nothing changed: the manifest alone moves the version
                 return self.begin_update(version, manifest)
-        if isinstance(bucket, SyncManifest):
-            return self.begin_update(version, bucket)
         if manifest is not None:
             self.begin_update(version, manifest)
         bucket = as_tensors(bucket)  # a WireBucket's: views of the object store's buffer

@@ -28,6 +28,8 @@ cell's content id (`cell_codes`: 0 empty, 1 + 6 x shape + colour; 49 of the 2^z_
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -49,9 +51,15 @@ def polish_steps(vq_steps: int) -> int:
     return vq_steps // 2
 
 
+@functools.cache
+def _empty_scene_pixels() -> torch.Tensor:
+    """(1, 3, H, W): the empty scene, rendered once (every LFQ step compares against it)."""
+    return to_pixels([Scene()])
+
+
 def foreground_weights(pixels: torch.Tensor, weight: float = FOREGROUND_WEIGHT) -> torch.Tensor:
     """(B, 1, H, W): `weight` where a scene's pixels differ from the empty scene's, else 1."""
-    empty = to_pixels([Scene()]).to(pixels.device)  # (1, 3, H, W)
+    empty = _empty_scene_pixels().to(pixels.device)
     covered = (pixels - empty).abs().sum(1, keepdim=True) > 1e-3
     return 1.0 + (weight - 1.0) * covered.float()
 

@@ -10,6 +10,11 @@ so the loop bench's sync figure can be read against what Ray itself costs on thi
     C  streaming generator whose first item is manifest and bucket together, forwarded unread
        (the lead bucket: WeightSync now);
     D  one call with two returns (bucket+manifest, manifest), the bucket forwarded unread;
+    E  as C, but the changed tensors are first copied into one flat kept buffer and that one
+       array travels (one out-of-band buffer instead of 47; the copy made before the yield);
+    R  Ray Direct Transport (`@ray.method(tensor_transport="gloo")`): the 47 torch tensors
+       returned, moved to each worker by gloo out of band instead of through the object store;
+    R1 as R, one flat tensor;
     P  an empty actor call (the round-trip floor).
 
     python benchmarks/ray_push_probe.py [--rounds 40]    # writes benchmarks/results/ray-push-probe-<ts>.md
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
+import torch
 
 TENSORS, BYTES = 47, 4_200_000
 
@@ -43,6 +49,8 @@ class Learner:
         self.c = _libc()
         self.p = [np.random.rand(BYTES // TENSORS // 4).astype(np.float32) for _ in range(TENSORS)]
         self.kept = [x.copy() for x in self.p]
+        self.offsets = [i * self.p[0].nbytes for i in range(TENSORS)]
+        self.flat = np.zeros(BYTES // TENSORS * TENSORS, np.uint8)
 
     def _step(self):  # an update changes every tensor; the export compares each with its kept copy
         for x in self.p:
@@ -79,11 +87,27 @@ class Learner:
         self._keep()
         return out
 
+    def lead_flat(self):
+        m = self._step()
+        for x, off in zip(self.p, self.offsets, strict=True):  # the kept copy is the flat buffer
+            self.c.memmove(self.flat.ctypes.data + off, x.ctypes.data, x.nbytes)
+        yield (m, [self.flat])
+
+    @ray.method(tensor_transport="gloo")
+    def rdt(self):
+        self._step()
+        return [torch.from_numpy(x) for x in self.p]
+
+    @ray.method(tensor_transport="gloo")
+    def rdt_flat(self):
+        self._step()
+        return [torch.from_numpy(self.flat)]
+
     def ping(self):
         return 1
 
 
-@ray.remote
+@ray.remote(enable_tensor_transport=True)  # a receiver of RDT objects needs the transport's thread
 class Worker:
     def __init__(self):
         self.c = _libc()
@@ -92,6 +116,13 @@ class Worker:
     def apply(self, data, manifest=None):
         if isinstance(data, tuple):
             _manifest, data = data
+        data = [d.numpy() if isinstance(d, torch.Tensor) else d for d in data]
+        if len(data) == 1:  # one flat buffer: each tensor a slice of it
+            flat, off = data[0], 0
+            for a in self.p:
+                self.c.memmove(a.ctypes.data, flat.ctypes.data + off, a.nbytes)
+                off += a.nbytes
+            return 1
         for a, b in zip(self.p, data, strict=True):
             self.c.memmove(a.ctypes.data, b.ctypes.data, a.nbytes)
         return 1
@@ -103,8 +134,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    from ray.experimental.collective import create_collective_group
+
     learner, workers = Learner.remote(), [Worker.remote() for _ in range(2)]
     ray.get(learner.ping.remote())
+    create_collective_group([learner, *workers], backend="torch_gloo")  # for R and R1 only
     ray.get([w.apply.remote([np.zeros(BYTES // TENSORS // 4 * 4, np.uint8)] * TENSORS) for w in workers])
 
     def a():
@@ -130,6 +164,20 @@ def main() -> None:
         ray.get(m)
         ray.get(calls)
 
+    def e():
+        s = learner.lead_flat.options(num_returns="streaming").remote()
+        ref = next(s)
+        ray.get([w.apply.remote(ref) for w in workers])
+        list(s)
+
+    def r():
+        ref = learner.rdt.remote()
+        ray.get([w.apply.remote(ref) for w in workers])
+
+    def r1():
+        ref = learner.rdt_flat.remote()
+        ray.get([w.apply.remote(ref) for w in workers])
+
     def p():
         ray.get(learner.ping.remote())
 
@@ -138,6 +186,9 @@ def main() -> None:
         "B one object, plain call": b,
         "C lead bucket (streamed)": c,
         "D two returns": d,
+        "E lead bucket, one flat array": e,
+        "R direct transport (gloo), 47 tensors": r,
+        "R1 direct transport (gloo), one flat tensor": r1,
         "P empty call": p,
     }
     times = {k: [] for k in shapes}

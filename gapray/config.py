@@ -247,12 +247,13 @@ class SyncConfig:
 
     bucket_mb: float = 64.0
     """Weights travel as object refs to buckets of about this many MiB each."""
-    transport: str = "object_store"
+    transport: str = "auto"
     """How the buckets travel: "object_store" (each bucket put once and its ref passed to every
     worker by ordinary Ray calls; any learner.num_ranks, either run.pipeline) or
     "compiled_graph" (one Ray Compiled Graph from the learner to every worker: shared-memory
     channels without the per-call overhead; learner.num_ranks=1 and run.pipeline=sync only; a
-    replaced worker catches up from the learner's copy of the last push)."""
+    replaced worker catches up from the learner's copy of the last push). "auto": the compiled
+    graph where it applies, else the object store (gapray.workers.sync.resolve_transport)."""
 
 
 @dataclass

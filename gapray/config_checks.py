@@ -155,12 +155,15 @@ def validate(cfg: Config) -> None:
     need(0 <= ln.min_lr_ratio <= 1, "learner.min_lr_ratio", "must be in [0, 1]")
     # sync
     need(s.bucket_mb > 0, "sync.bucket_mb", "must be > 0")
-    one_of("sync.transport", "object_store", "compiled_graph")
+    one_of("sync.transport", "auto", "object_store", "compiled_graph")
     if s.transport == "compiled_graph":
         # gapray/workers/sync/compiled.py: one learner node in the graph (a sharded export needs
         # every rank); a push never overlaps a generation (the async pipeline is untested with it)
         need(ln.num_ranks == 1, "sync.transport", "compiled_graph needs learner.num_ranks=1")
         need(run.pipeline == "sync", "sync.transport", "compiled_graph needs run.pipeline=sync")
+        # a vLLM generation worker under the graph: the run's first push never returned (a Ray
+        # error after 694 s in tests/test_vllm_loop.py, 2026-12-08); the object store serves it
+        need(g.backend == "hf", "sync.transport", "compiled_graph needs generation.backend=hf")
     # curriculum
     one_of("curriculum.kind", "uniform", "replay", "band")
     need(c.prompts_per_step >= 1, "curriculum.prompts_per_step", "must be >= 1")

@@ -48,7 +48,7 @@ from gapray.types import Prompt
 from gapray.workers.generation import Rollouts
 from gapray.workers.pool import WorkerError
 from gapray.workers.reward import Scores
-from gapray.workers.sync import make_sync
+from gapray.workers.sync import make_sync, resolve_transport
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ class Controller:
         )
         judges = getattr(roles, "judges", None)  # eval=judge: the external judges' pools
         self.eval_stage = EvalStage(cfg, roles.generation, eval_prompts, judges=judges)
-        self.sync = make_sync(cfg.sync)
+        self.sync = make_sync(cfg)
+        log.info("weight sync: %s (sync.transport=%s)", resolve_transport(cfg), cfg.sync.transport)
         closers = getattr(roles, "closers", None)
         if closers is not None:  # the compiled graph is torn down before the actors go
             closers.append(self.sync.close)

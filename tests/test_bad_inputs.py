@@ -69,11 +69,12 @@ def test_unknown_key_cli(tmp_path):
 
 def test_compiled_graph_sync_refuses_what_it_cannot_serve(tmp_path, capsys):
     out = tmp_path / "run"
-    bad = ["sync.transport=compiled_graph", "learner.num_ranks=2", "run.pipeline=async"]
+    bad = ["sync.transport=compiled_graph", "learner.num_ranks=2", "run.pipeline=async", "generation=vllm"]
     rc, msg = run_cli(capsys, *bad, f"run.out_dir={out}")
     assert rc == 2
     assert "sync.transport='compiled_graph': compiled_graph needs learner.num_ranks=1" in msg
     assert "sync.transport='compiled_graph': compiled_graph needs run.pipeline=sync" in msg
+    assert "sync.transport='compiled_graph': compiled_graph needs generation.backend=hf" in msg
     assert not out.exists()
 
 

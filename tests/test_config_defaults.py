@@ -60,7 +60,7 @@ BEFORE = {
         "reference": "initial",
         "max_bad_steps": 3,
     },
-    "sync": {"bucket_mb": 64.0, "transport": "object_store"},
+    "sync": {"bucket_mb": 64.0, "transport": "auto"},
     "curriculum": {
         "kind": "uniform",
         "prompts": "toy",

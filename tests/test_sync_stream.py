@@ -531,7 +531,7 @@ def test_compiled_graph_push_versions_deltas_refusal_replacement_and_teardown(lo
 
         DAGContext.get_current().buffer_size_bytes = 100_000
 
-    assert isinstance(make_sync(load_config([*TINY_RUN, "sync.transport=compiled_graph"]).sync), CompiledSync)
+    assert isinstance(make_sync(load_config([*TINY_RUN, "sync.transport=compiled_graph"])), CompiledSync)
     group, learner = roles.learner, roles.learner.actors[0]
     pools = [roles.generation, roles.reward]
     sync = CompiledSync(0.05)
@@ -610,3 +610,24 @@ def test_compiled_graph_push_versions_deltas_refusal_replacement_and_teardown(lo
         assert time.perf_counter() - t0 < 10
     finally:
         sync.close()
+
+
+def test_auto_transport_is_the_compiled_graph_only_where_it_applies():
+    """sync.transport=auto: the compiled graph for one learner rank on the sync pipeline with
+    transformers generation, the object store for more ranks, the async pipeline or vLLM; a
+    transport set by hand is kept."""
+    from gapray.config import load_config
+    from gapray.workers.sync import CompiledSync, WeightSync, make_sync, resolve_transport
+
+    def pick(*overrides: str) -> str:
+        return resolve_transport(load_config([*TINY_RUN, *overrides]))
+
+    assert load_config(list(TINY_RUN)).sync.transport == "auto"
+    assert pick() == "compiled_graph"
+    assert pick("learner.num_ranks=2") == "object_store"
+    assert pick("run.pipeline=async") == "object_store"
+    assert pick("generation=vllm") == "object_store"
+    assert pick("sync.transport=object_store") == "object_store"
+    assert pick("sync.transport=compiled_graph") == "compiled_graph"
+    assert type(make_sync(load_config([*TINY_RUN, "run.pipeline=async"]))) is WeightSync
+    assert isinstance(make_sync(load_config(list(TINY_RUN))), CompiledSync)

@@ -45,7 +45,7 @@ import torch
 
 from gapray.bench import write_results
 from gapray.config import Config, ConfigError, load_config, to_dict
-from gapray.workers.sync import SyncStats, apply_update, bucket_bytes, trainable_tensors
+from gapray.workers.sync import SyncStats, apply_update, bucket_bytes, resolve_transport, trainable_tensors
 
 STAGES = ("generate", "reward", "pairs", "learn", "sync", "step")
 STAGE_NAMES = {
@@ -331,7 +331,7 @@ def ratios(pooled: dict, seq: dict) -> dict:
 def markdown(res: dict) -> str:
     mc, p, s, q = res["machine"], res["pooled"], res["sequential"], res["speedup"]
     thr = res["stage_threads"]
-    transport = res["config"]["sync"].get("transport", "object_store")
+    transport = res.get("sync_transport") or res["config"]["sync"].get("transport", "object_store")
     lines = [
         f"## gapray bench loop: model `{res['model']}`, {res['steps']} measured step(s) after {res['warmup']} warm-up",
         "",
@@ -481,7 +481,7 @@ def bench(args: argparse.Namespace) -> dict:
         "prompts_per_step": cfg.curriculum.prompts_per_step,
         "images_per_prompt": cfg.generation.images_per_prompt,
         "overrides": overrides,
-        "sync_transport": cfg.sync.transport,
+        "sync_transport": resolve_transport(cfg),  # what ran (sync.transport=auto resolved)
         "machine": info,
         "stage_threads": {
             "generation": _threads(cfg, cfg.generation.cpus_per_worker),

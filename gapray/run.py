@@ -136,14 +136,24 @@ def build_roles(cfg: Config, within: tuple[object, int] | None = None) -> Roles:
 
 
 def _free_address() -> str:
+    """host:port for the learner ranks' rendezvous. The port is free now and drawn from
+    20000-32767: below the kernel's ephemeral range (32768+), which every outgoing connection
+    and Ray's own port-0 listeners draw from, and above Ray's worker ports (10002-19999). A port
+    the kernel handed out by bind(0) was taken again before rank 0 listened (EADDRINUSE in
+    test_two_learner_ranks_with_lora_stay_in_step, 2026-12-08)."""
+    import random
     import socket
 
     import ray
 
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    return f"{ray.util.get_node_ip_address()}:{port}"
+    for port in random.sample(range(20000, 32768), 64):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        return f"{ray.util.get_node_ip_address()}:{port}"
+    raise RuntimeError("no free port in 20000-32767 for the learner ranks' rendezvous (64 tried)")
 
 
 def parse(argv: list[str]) -> Config:

@@ -141,21 +141,21 @@ def main() -> None:
     create_collective_group([learner, *workers], backend="torch_gloo")  # for R and R1 only
     ray.get([w.apply.remote([np.zeros(BYTES // TENSORS // 4 * 4, np.uint8)] * TENSORS) for w in workers])
 
+    def to_workers(ref, manifest=None):  # every worker applies the bucket; wait for all
+        ray.get([w.apply.remote(ref, manifest) for w in workers])
+
     def a():
         s = learner.manifest_first.options(num_returns="streaming").remote()
         m = ray.get(next(s))
-        ref = next(s)
-        ray.get([w.apply.remote(ref, m) for w in workers])
+        to_workers(next(s), m)
         list(s)
 
     def b():
-        ref = learner.bundle.remote()
-        ray.get([w.apply.remote(ref) for w in workers])
+        to_workers(learner.bundle.remote())
 
     def c():
         s = learner.lead_first.options(num_returns="streaming").remote()
-        ref = next(s)
-        ray.get([w.apply.remote(ref) for w in workers])
+        to_workers(next(s))
         list(s)
 
     def d():
@@ -166,17 +166,14 @@ def main() -> None:
 
     def e():
         s = learner.lead_flat.options(num_returns="streaming").remote()
-        ref = next(s)
-        ray.get([w.apply.remote(ref) for w in workers])
+        to_workers(next(s))
         list(s)
 
     def r():
-        ref = learner.rdt.remote()
-        ray.get([w.apply.remote(ref) for w in workers])
+        to_workers(learner.rdt.remote())
 
     def r1():
-        ref = learner.rdt_flat.remote()
-        ray.get([w.apply.remote(ref) for w in workers])
+        to_workers(learner.rdt_flat.remote())
 
     def p():
         ray.get(learner.ping.remote())

@@ -157,13 +157,8 @@ def validate(cfg: Config) -> None:
     need(s.bucket_mb > 0, "sync.bucket_mb", "must be > 0")
     one_of("sync.transport", "auto", "object_store", "compiled_graph")
     if s.transport == "compiled_graph":
-        # gapray/workers/sync/compiled.py: one learner node in the graph (a sharded export needs
-        # every rank); a push never overlaps a generation (the async pipeline is untested with it)
-        need(ln.num_ranks == 1, "sync.transport", "compiled_graph needs learner.num_ranks=1")
-        need(run.pipeline == "sync", "sync.transport", "compiled_graph needs run.pipeline=sync")
-        # a vLLM generation worker under the graph: the run's first push never returned (a Ray
-        # error after 694 s in tests/test_vllm_loop.py, 2026-12-08); the object store serves it
-        need(g.backend == "hf", "sync.transport", "compiled_graph needs generation.backend=hf")
+        for rule in compiled_graph_misfits(cfg):
+            need(False, "sync.transport", rule)
     # curriculum
     one_of("curriculum.kind", "uniform", "replay", "band")
     need(c.prompts_per_step >= 1, "curriculum.prompts_per_step", "must be >= 1")
@@ -273,6 +268,23 @@ def validate(cfg: Config) -> None:
         keys = list(dict.fromkeys(k for k, _ in errors))
         lines = "\n  ".join(msg for _, msg in errors)
         raise ConfigError(f"invalid config:\n  {lines}", keys)
+
+
+def compiled_graph_misfits(cfg: Config) -> list[str]:
+    """Why sync.transport=compiled_graph cannot serve this config (empty: it can). The one list
+    both the refusal in `validate` and sync.transport=auto's choice read."""
+    out = []
+    # gapray/workers/sync/compiled.py: one learner node in the graph (a sharded export needs
+    # every rank); a push never overlaps a generation (the async pipeline is untested with it)
+    if cfg.learner.num_ranks != 1:
+        out.append("compiled_graph needs learner.num_ranks=1")
+    if cfg.run.pipeline != "sync":
+        out.append("compiled_graph needs run.pipeline=sync")
+    # a vLLM generation worker under the graph: the run's first push never returned (a Ray
+    # error after 694 s in tests/test_vllm_loop.py, 2026-12-08); the object store serves it
+    if cfg.generation.backend != "hf":
+        out.append("compiled_graph needs generation.backend=hf")
+    return out
 
 
 def _get(cfg: Config, key: str) -> Any:

@@ -331,7 +331,7 @@ def ratios(pooled: dict, seq: dict) -> dict:
 def markdown(res: dict) -> str:
     mc, p, s, q = res["machine"], res["pooled"], res["sequential"], res["speedup"]
     thr = res["stage_threads"]
-    transport = res.get("sync_transport") or res["config"]["sync"].get("transport", "object_store")
+    transport = res["sync_transport"]  # what ran: sync.transport=auto resolved
     lines = [
         f"## gapray bench loop: model `{res['model']}`, {res['steps']} measured step(s) after {res['warmup']} warm-up",
         "",

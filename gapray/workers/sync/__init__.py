@@ -82,15 +82,16 @@ from gapray.workers.sync.wire import (
 
 def resolve_transport(cfg) -> str:
     """The transport a run's pushes take (`cfg`: the whole Config): sync.transport as set, or
-    for "auto" the compiled graph where it applies (one learner rank, the sync pipeline: no push
-    overlaps a generation; transformers generation workers, not vLLM's) and the object store
-    otherwise. The compiled graph skips Ray's
-    per-call overhead: on the toy run's push, 0.39x an in-memory copy's MB/s against the object
-    store's 0.24-0.31x (benchmarks/results/loop-toy-20261207-*)."""
+    for "auto" the compiled graph wherever it can serve the config (`compiled_graph_misfits`:
+    one learner rank, the sync pipeline, transformers generation) and the object store
+    otherwise. The compiled graph skips Ray's per-call overhead: on the toy run's push it moved
+    0.34-0.46x an in-memory copy's MB/s, the object store 0.22-0.27x, side by side
+    (benchmarks/results/loop-toy-20261208-*)."""
+    from gapray.config_checks import compiled_graph_misfits
+
     t = cfg.sync.transport
     if t == "auto":
-        fits = cfg.learner.num_ranks == 1 and cfg.run.pipeline == "sync" and cfg.generation.backend == "hf"
-        return "compiled_graph" if fits else "object_store"
+        return "object_store" if compiled_graph_misfits(cfg) else "compiled_graph"
     if t not in ("object_store", "compiled_graph"):
         raise ValueError(f"sync.transport must be auto, object_store or compiled_graph, got {t!r}")
     return t
